@@ -1,0 +1,682 @@
+"""
+The judge: one-time data preparation and the runtime utilities train.py imports.
+
+    uv run prepare.py [--dataset NAME | --data PATH] [--num-shards N]
+                      [--download-workers N] [--setup NAME]
+
+Downloads (or packs) the data, trains the tokenizer, freezes the validation tokens and records the
+setup in the cache, so that every experiment against one cache is measured the same way.
+train.py imports MAX_SEQ_LEN, TIME_BUDGET, EVAL_TOKENS, VOCAB_SIZE, Tokenizer, make_dataloader and
+evaluate_bpb from here. Nobody edits this file during a run: it is how val_bpb is defined.
+"""
+
+import argparse
+import base64
+import bisect
+import errno
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import requests
+import torch
+
+# ---------------------------------------------------------------------------
+# Setups: the comparability contract. Numbers are recorded in the cache at prepare time and read
+# back from there, so a cache keeps its numbers even if this table changes.
+
+SETUPS = {
+    # The reference, for one modern NVIDIA GPU.
+    "full": dict(MAX_SEQ_LEN=2048, TIME_BUDGET=300, EVAL_TOKENS=40 * 524288, VOCAB_SIZE=8192),
+    # CPUs, Apple silicon and small GPUs.
+    "small": dict(MAX_SEQ_LEN=512, TIME_BUDGET=300, EVAL_TOKENS=2**18, VOCAB_SIZE=8192),
+    # Seconds long: only proves an install works end to end (CI uses it).
+    "smoke": dict(MAX_SEQ_LEN=128, TIME_BUDGET=5, EVAL_TOKENS=2**14, VOCAB_SIZE=512),
+}
+
+CACHE_DIR = os.environ.get("AUTORESEARCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "autoresearch")
+DATA_DIR = os.path.join(CACHE_DIR, "data")
+TOKENIZER_DIR = os.path.join(CACHE_DIR, "tokenizer")
+SETUP_FILE = os.path.join(CACHE_DIR, "setup.json")
+VAL_ROWS_FILE = os.path.join(CACHE_DIR, "val_rows.npy")
+
+# Hugging Face honours HF_ENDPOINT for mirrors; so do we (tests point it at a local server).
+HF_ENDPOINT = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+DATASETS = {
+    "fineweb-edu": dict(repo="karpathy/fineweb-edu-100b-shuffle", shards=1823),
+    "climbmix": dict(repo="karpathy/climbmix-400b-shuffle", shards=6543),
+    # One pre-shuffled file of 2.7M stories. Its authors keep rows 0-9,999 as test and suggest
+    # 10,000-19,999 for validation; we validate on rows 10,000-109,999 (enough tokens for any setup)
+    # and train on the rest.
+    "tinystories": dict(repo="karpathy/tinystories-gpt4-clean", file="tinystories_gpt4_clean.parquet",
+                        val_rows=(10_000, 110_000)),
+}
+
+SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+SPECIAL_TOKENS = [f"<|reserved_{i}|>" for i in range(4)]
+BOS_TOKEN = SPECIAL_TOKENS[0]
+TOKENIZER_MAX_CHARS = 1_000_000_000  # characters of training text the tokenizer sees at most
+TOKENIZER_DOC_CHARS = 10_000         # each document cut to this many characters for it
+MIN_CHARS_PER_TOKEN = 100            # a corpus needs about this many characters per vocabulary entry
+
+DOC_CHARS = 10_000         # --data: longer .txt/.md files are split into documents at paragraph breaks
+SHARD_CHARS = 100_000_000  # --data: characters per packed shard
+ROW_GROUP_SIZE = 1024      # documents per parquet row group, as in the published shards
+DOC_BUFFER = 1000          # documents the packing dataloader chooses from
+
+
+class PrepareError(Exception):
+    """An expected failure: printed as one line, with what to do next."""
+
+
+# ---------------------------------------------------------------------------
+# The recorded setup
+
+def read_recorded_setup():
+    """The setup recorded in the cache, or None when prepare has not run here."""
+    try:
+        with open(SETUP_FILE) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        sys.exit(f"error: {SETUP_FILE} is unreadable; delete {CACHE_DIR} and run `uv run prepare.py` again")
+
+
+def default_setup_name():
+    return "full" if torch.cuda.is_available() else "small"
+
+
+def write_json_atomically(path, obj):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+RECORDED = read_recorded_setup()
+SETUP = RECORDED["setup"] if RECORDED else default_setup_name()
+_numbers = RECORDED["constants"] if RECORDED else SETUPS[SETUP]
+MAX_SEQ_LEN = _numbers["MAX_SEQ_LEN"]
+TIME_BUDGET = _numbers["TIME_BUDGET"]
+EVAL_TOKENS = _numbers["EVAL_TOKENS"]
+VOCAB_SIZE = _numbers["VOCAB_SIZE"]
+
+
+def require_prepared():
+    # The validation rows are written last: their presence means the cache is complete.
+    if not os.path.exists(VAL_ROWS_FILE):
+        sys.exit(f"error: no prepared data in {CACHE_DIR}: run `uv run prepare.py` first")
+
+
+# ---------------------------------------------------------------------------
+# Shards
+
+def verify_parquet(path):
+    """True when the file is a complete parquet file with a readable, non-empty `text` column."""
+    try:
+        pf = pq.ParquetFile(path)
+        if "text" not in pf.schema_arrow.names or pf.metadata.num_rows == 0:
+            return False
+        for _ in pf.iter_batches(columns=["text"], batch_size=8192):
+            pass  # decompress every page: a corrupt page raises here, not in the middle of a run
+        return True
+    except Exception:
+        return False
+
+
+def download_file(url, path, attempts=5, backoff=1.0):
+    """Fetch url to path: streamed to a temporary file, verified, then renamed into place."""
+    if os.path.exists(path) and verify_parquet(path):
+        return
+    tmp = f"{path}.part{os.getpid()}"
+    name = os.path.basename(path)
+    for attempt in range(1, attempts + 1):
+        try:
+            with requests.get(url, stream=True, timeout=(10, 60)) as r:
+                r.raise_for_status()
+                expected = int(r.headers.get("Content-Length", -1))
+                received = 0
+                with open(tmp, "wb") as f:
+                    for chunk in r.iter_content(chunk_size=1 << 20):
+                        f.write(chunk)
+                        received += len(chunk)
+            if expected >= 0 and received != expected:
+                raise OSError(f"truncated: got {received} of {expected} bytes")
+            if not verify_parquet(tmp):
+                raise OSError("not a valid parquet file with a text column")
+            os.replace(tmp, path)
+            return
+        except OSError as e:  # requests' errors are OSErrors too
+            if getattr(e, "errno", None) == errno.ENOSPC:
+                raise
+            last = e
+            if attempt < attempts:
+                wait = backoff * 2 ** (attempt - 1)
+                print(f"  {name}: attempt {attempt} failed ({short_reason(e)}); retrying in {wait:g}s", flush=True)
+                time.sleep(wait)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    raise last
+
+
+def short_reason(e):
+    if isinstance(e, requests.ConnectionError):
+        return "cannot connect"
+    if isinstance(e, requests.Timeout):
+        return "timed out"
+    return str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+
+
+def hf_url(repo, filename):
+    return f"{HF_ENDPOINT}/datasets/{repo}/resolve/main/{filename}"
+
+
+def download_shards(dataset, num_shards, workers):
+    """Download num_shards training shards and the pinned validation shard (the dataset's last)."""
+    info = DATASETS[dataset]
+    if not 1 <= num_shards < info["shards"]:
+        raise PrepareError(f"--num-shards must be between 1 and {info['shards'] - 1} for {dataset}")
+    names = [f"shard_{i:05d}.parquet" for i in [info["shards"] - 1, *range(num_shards)]]
+    paths = [os.path.join(DATA_DIR, n) for n in names]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        present = list(pool.map(verify_parquet, paths))
+    todo = [(hf_url(info["repo"], n), p) for n, p, ok in zip(names, paths, present) if not ok]
+    print(f"data: {len(names) - len(todo)} of {len(names)} shards of {info['repo']} present, downloading {len(todo)}")
+    if not todo:
+        return
+    # One shard first, alone: without a network this is the only failure the user sees.
+    try:
+        download_file(*todo[0], attempts=3)
+    except requests.ConnectionError:
+        raise PrepareError(f"cannot reach {HF_ENDPOINT} (no network?); to prepare from local files "
+                           f"instead run: uv run prepare.py --data PATH")
+    t0, done, failed = time.time(), 1, []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [(pool.submit(download_file, url, path), path) for url, path in todo[1:]]
+        for future, path in futures:
+            try:
+                future.result()
+                done += 1
+                print(f"  downloaded {done}/{len(todo)} ({time.time() - t0:.0f}s)", flush=True)
+            except OSError as e:
+                if getattr(e, "errno", None) == errno.ENOSPC:
+                    raise
+                failed.append(f"{os.path.basename(path)}: {short_reason(e)}")
+    if failed:
+        raise PrepareError(f"{len(failed)} of {len(todo)} shards failed to download ({failed[0]}); "
+                           f"run `uv run prepare.py` again to fetch the rest")
+
+
+def write_shard(path, texts):
+    tmp = f"{path}.tmp{os.getpid()}"
+    pq.write_table(pa.table({"text": texts}), tmp, row_group_size=ROW_GROUP_SIZE, compression="zstd")
+    os.replace(tmp, path)
+
+
+def publish_shards(train_groups, val_docs):
+    """Write training shards and the validation shard (named last) to a staging folder, then move
+    it into place at once: an interrupted run never leaves a partial data folder behind."""
+    staging = DATA_DIR + ".tmp"
+    shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted run
+    os.makedirs(staging)
+    n = 0
+    for n, docs in enumerate(train_groups, 1):
+        write_shard(os.path.join(staging, f"shard_{n - 1:05d}.parquet"), docs)
+    write_shard(os.path.join(staging, f"shard_{n:05d}.parquet"), val_docs)
+    os.replace(staging, DATA_DIR)
+    return n
+
+
+def repack_tinystories():
+    """TinyStories is one file: split it into the shard layout, validation rows pinned last."""
+    info = DATASETS["tinystories"]
+    raw = os.path.join(CACHE_DIR, info["file"])
+    try:
+        download_file(hf_url(info["repo"], info["file"]), raw)
+    except requests.ConnectionError:
+        raise PrepareError(f"cannot reach {HF_ENDPOINT} (no network?); to prepare from local files "
+                           f"instead run: uv run prepare.py --data PATH")
+    texts = pq.read_table(raw, columns=["text"]).column("text").to_pylist()
+    lo, hi = info["val_rows"]
+    train, per_shard = texts[hi:], 250_000
+    publish_shards((train[i:i + per_shard] for i in range(0, len(train), per_shard)), texts[lo:hi])
+
+
+# ---------------------------------------------------------------------------
+# Local data (--data PATH)
+
+LOCAL_SUFFIXES = (".parquet", ".txt", ".md", ".jsonl")
+
+
+def local_files(path):
+    if not os.path.exists(path):
+        raise PrepareError(f"--data {path}: no such file or folder")
+    if os.path.isfile(path):
+        files = [path]
+    else:
+        files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
+    files = [f for f in files if f.lower().endswith(LOCAL_SUFFIXES)]
+    if not files:
+        raise PrepareError(f"--data {path}: no .parquet, .txt, .md or .jsonl files in it")
+    return files
+
+
+def read_lines(path):
+    """Lines of a text file as str; invalid UTF-8 is replaced (and counted) rather than fatal."""
+    bad = 0
+    with open(path, "rb") as f:
+        for raw in iter(lambda: f.readline(1 << 20), b""):  # bounded: a file may be one huge line
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError:
+                bad += 1
+                yield raw.decode("utf-8", errors="replace")
+    if bad:
+        print(f"  warning: {path}: {bad} lines were not valid UTF-8; bad bytes replaced with U+FFFD")
+
+
+def text_documents(path):
+    """A .txt/.md file is one document, or several cut at paragraph breaks when it is long."""
+    doc, size = [], 0
+    for line in read_lines(path):
+        doc.append(line)
+        size += len(line)
+        if size >= DOC_CHARS and (not line.strip() or size >= 4 * DOC_CHARS):
+            yield "".join(doc)
+            doc, size = [], 0
+    if doc:
+        yield "".join(doc)
+
+
+def jsonl_documents(path):
+    skipped = 0
+    for i, line in enumerate(read_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            text = json.loads(line)["text"]
+            if not isinstance(text, str):
+                raise TypeError
+            yield text
+        except (ValueError, KeyError, TypeError):
+            skipped += 1
+    if skipped:
+        print(f"  warning: {path}: skipped {skipped} lines without a string \"text\" field")
+
+
+def parquet_documents(path):
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:
+        raise PrepareError(f"--data: {path} is not a readable parquet file ({short_reason(e)})")
+    if "text" not in pf.schema_arrow.names:
+        raise PrepareError(f"--data: {path} has no `text` column (columns: {', '.join(pf.schema_arrow.names)})")
+    for batch in pf.iter_batches(columns=["text"], batch_size=ROW_GROUP_SIZE):
+        yield from (t for t in batch.column("text").to_pylist() if t)
+
+
+def local_documents(files):
+    for path in files:
+        suffix = os.path.splitext(path)[1].lower()
+        reader = {".parquet": parquet_documents, ".jsonl": jsonl_documents}.get(suffix, text_documents)
+        yield from (doc for doc in reader(path) if doc.strip())
+
+
+def pack_local_corpus(path, setup):
+    """Pack a local corpus into shuffled shards plus a validation shard spread evenly over it."""
+    files = local_files(path)
+    print(f"data: packing {len(files)} files from {path}")
+    n_docs = total_chars = 0
+    for doc in local_documents(files):
+        n_docs += 1
+        total_chars += len(doc)
+    needed = MIN_CHARS_PER_TOKEN * SETUPS[setup]["VOCAB_SIZE"]
+    if total_chars < needed:
+        raise PrepareError(f"--data {path} holds {total_chars:,} characters of text; the {setup} setup's "
+                           f"{SETUPS[setup]['VOCAB_SIZE']}-token vocabulary needs at least {needed:,}")
+    # Validation: enough text for the setup's evaluation tokens (about 4 characters a token, doubled
+    # for what packing crops), at most a tenth of the corpus; evaluation repeats it if it is short.
+    val_fraction = min(0.1, 8 * SETUPS[setup]["EVAL_TOKENS"] / total_chars)
+    n_train_shards = max(1, math.ceil(total_chars * (1 - val_fraction) / SHARD_CHARS))
+    # Two-level shuffle with bounded memory: documents go to random buckets on disk, then each
+    # bucket is shuffled in memory and becomes a shard.
+    bucket_dir = os.path.join(CACHE_DIR, "buckets.tmp")
+    shutil.rmtree(bucket_dir, ignore_errors=True)
+    os.makedirs(bucket_dir)
+    bucket_paths = [os.path.join(bucket_dir, f"{i}.jsonl") for i in range(n_train_shards)]
+    buckets = [open(p, "w") for p in bucket_paths]
+    rng, val = random.Random(0), []
+    try:
+        for i, doc in enumerate(local_documents(files)):
+            if int((i + 1) * val_fraction) > int(i * val_fraction):
+                val.append(doc)  # every (1/val_fraction)-th document: validation spans the corpus
+            else:
+                buckets[rng.randrange(n_train_shards)].write(json.dumps(doc) + "\n")
+    finally:
+        for b in buckets:
+            b.close()
+
+    def shuffled_buckets():
+        for path in bucket_paths:
+            with open(path) as f:
+                docs = [json.loads(line) for line in f]
+            rng.shuffle(docs)  # a folder is usually ordered by topic; training wants a shuffled stream
+            yield docs
+            os.remove(path)
+
+    publish_shards(shuffled_buckets(), val)
+    os.rmdir(bucket_dir)
+    print(f"  {n_docs:,} documents, {total_chars / 1e6:.1f}M characters: "
+          f"{n_train_shards} training shard(s), {len(val):,} documents pinned for validation")
+
+
+# ---------------------------------------------------------------------------
+# Tokenizer
+
+def train_tokenizer(vocab_size):
+    import rustbpe
+    import tiktoken
+    def texts():
+        seen = 0
+        for path in training_shards():
+            for batch in pq.ParquetFile(path).iter_batches(columns=["text"], batch_size=ROW_GROUP_SIZE):
+                for text in batch.column("text").to_pylist():
+                    text = text[:TOKENIZER_DOC_CHARS]
+                    yield text
+                    seen += len(text)
+                    if seen >= TOKENIZER_MAX_CHARS:
+                        return
+    t0 = time.time()
+    print(f"tokenizer: training a {vocab_size}-token BPE", flush=True)
+    bpe = rustbpe.Tokenizer()
+    n_merged = vocab_size - len(SPECIAL_TOKENS)
+    bpe.train_from_iterator(texts(), n_merged, pattern=SPLIT_PATTERN)
+    ranks = {bytes(token): rank for token, rank in bpe.get_mergeable_ranks()}
+    if len(ranks) < n_merged:
+        raise PrepareError(f"the training text taught the tokenizer only {len(ranks)} of {n_merged} tokens; "
+                           f"give it more text (at least {MIN_CHARS_PER_TOKEN * vocab_size:,} characters of varied text)")
+    specials = {name: len(ranks) + i for i, name in enumerate(SPECIAL_TOKENS)}
+    tiktoken.Encoding("check", pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
+    os.makedirs(TOKENIZER_DIR, exist_ok=True)
+    ranks_path = os.path.join(TOKENIZER_DIR, "tokenizer.tiktoken")
+    with open(ranks_path + ".tmp", "w") as f:
+        for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+            f.write(f"{base64.b64encode(token).decode()} {rank}\n")
+    os.replace(ranks_path + ".tmp", ranks_path)
+    write_json_atomically(os.path.join(TOKENIZER_DIR, "tokenizer.json"),
+                          {"pattern": SPLIT_PATTERN, "special_tokens": specials, "bos": BOS_TOKEN})
+    print(f"  done in {time.time() - t0:.1f}s")
+
+
+class Tokenizer:
+    """BPE from the cache, encoded and decoded by tiktoken. Loading reads data, never unpickles."""
+
+    def __init__(self, enc, bos_token_id, token_bytes):
+        self.enc = enc
+        self.bos_token_id = bos_token_id
+        self.token_bytes = token_bytes  # exact UTF-8 byte length per id; 0 for special tokens
+
+    @classmethod
+    def from_directory(cls, tokenizer_dir=TOKENIZER_DIR):
+        require_prepared()
+        return load_tokenizer(tokenizer_dir)
+
+    def get_vocab_size(self):
+        return self.enc.n_vocab
+
+    def get_bos_token_id(self):
+        return self.bos_token_id
+
+    def encode(self, text, prepend=None):
+        """Token ids of a string, or a list of id lists for a list of strings (encoded in parallel)."""
+        if isinstance(text, str):
+            ids = self.enc.encode_ordinary(text)
+            return [prepend] + ids if prepend is not None else ids
+        ids = self.enc.encode_ordinary_batch(text, num_threads=8)
+        return [[prepend] + row for row in ids] if prepend is not None else ids
+
+    def decode(self, ids):
+        return self.enc.decode(ids)
+
+
+def load_tokenizer(tokenizer_dir=TOKENIZER_DIR):
+    """Read the rank file (base64 token, rank per line) and the JSON of pattern and specials."""
+    import tiktoken
+    with open(os.path.join(tokenizer_dir, "tokenizer.json")) as f:
+        meta = json.load(f)
+    ranks = {}
+    with open(os.path.join(tokenizer_dir, "tokenizer.tiktoken")) as f:
+        for line in f:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    enc = tiktoken.Encoding("autoresearch", pat_str=meta["pattern"], mergeable_ranks=ranks,
+                            special_tokens=meta["special_tokens"])
+    token_bytes = np.zeros(enc.n_vocab, dtype=np.int32)
+    for token, rank in ranks.items():
+        token_bytes[rank] = len(token)  # from the bytes themselves: a token may be part of a character
+    return Tokenizer(enc, meta["special_tokens"][meta["bos"]], token_bytes)
+
+
+# ---------------------------------------------------------------------------
+# Data loading
+
+def shard_paths():
+    return sorted(os.path.join(DATA_DIR, f) for f in os.listdir(DATA_DIR) if f.startswith("shard_") and f.endswith(".parquet"))
+
+
+def training_shards():
+    return shard_paths()[:-1]
+
+
+def validation_shard():
+    return shard_paths()[-1]  # the last shard is pinned for validation
+
+
+def document_batches(tokenizer, split):
+    """Forever: (tokenized documents, each starting with BOS; epoch), one row group at a time."""
+    paths = training_shards() if split == "train" else [validation_shard()]
+    bos = tokenizer.get_bos_token_id()
+    epoch = 1
+    while True:
+        for path in paths:
+            pf = pq.ParquetFile(path)
+            for i in range(pf.num_row_groups):
+                texts = pf.read_row_group(i, columns=["text"]).column("text").to_pylist()
+                yield tokenizer.encode(texts, prepend=bos), epoch
+        epoch += 1
+
+
+def packed_rows(batches, bos, T):
+    """Forever: (row of T+1 tokens, epoch). Best-fit packing: every row starts with BOS; each gap
+    takes the largest buffered document that fits; when none fits, the shortest is cropped to fill
+    the row exactly and the rest of it goes back into the buffer behind a BOS of its own. No padding
+    and nothing thrown away: every token of every document is trained on."""
+    lengths, docs, pending, epoch = [], [], [], 1  # the buffer is kept sorted by length
+    held = None  # the first batch of the next epoch, waiting until this epoch's documents are used
+
+    def buffer(doc):
+        i = bisect.bisect_left(lengths, len(doc))
+        lengths.insert(i, len(doc))
+        docs.insert(i, doc)
+
+    while True:
+        row = np.empty(T + 1, dtype=np.int64)
+        pos = 0
+        while pos < T + 1:
+            while len(docs) < DOC_BUFFER:
+                if not pending:
+                    batch, batch_epoch = held or next(batches)
+                    held = None
+                    if batch_epoch != epoch and docs:  # never mix two epochs in the buffer
+                        held = batch, batch_epoch
+                        break
+                    pending, epoch = batch[::-1], batch_epoch
+                buffer(pending.pop())
+            room = T + 1 - pos
+            i = max(bisect.bisect_right(lengths, room) - 1, 0)  # largest that fits, else the shortest
+            doc = docs.pop(i)
+            lengths.pop(i)
+            row[pos:pos + min(len(doc), room)] = doc[:room]
+            pos += min(len(doc), room)
+            if len(doc) > room:
+                buffer([bos] + doc[room:])
+        yield row, epoch
+
+
+def make_dataloader(tokenizer, B, T, split, device=None):
+    """Forever: (inputs, targets, epoch), int64 tensors of shape (B, T) on the device. Targets are
+    the inputs shifted by one."""
+    assert split in ("train", "val")
+    device = torch.device(device or default_device())
+    rows = packed_rows(document_batches(tokenizer, split), tokenizer.get_bos_token_id(), T)
+    use_cuda = device.type == "cuda"
+    while True:
+        batch = np.empty((B, T + 1), dtype=np.int64)
+        for b in range(B):
+            batch[b], epoch = next(rows)
+        batch = torch.from_numpy(batch)
+        if use_cuda:  # pinning needs a GPU; elsewhere it fails
+            batch = batch.pin_memory().to(device, non_blocking=True)
+        else:
+            batch = batch.to(device)
+        yield batch[:, :-1], batch[:, 1:], epoch
+
+
+def default_device():
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+# ---------------------------------------------------------------------------
+# Evaluation: the metric
+
+def build_val_rows(tokenizer, eval_tokens, seq_len):
+    """The evaluation tokens, fixed once per cache: the first eval_tokens // seq_len packed rows of
+    the validation shard (repeating it if it is short)."""
+    n_rows = eval_tokens // seq_len
+    rows = packed_rows(document_batches(tokenizer, "val"), tokenizer.get_bos_token_id(), seq_len)
+    out = np.empty((n_rows, seq_len + 1), dtype=np.uint16 if tokenizer.get_vocab_size() <= 65536 else np.int32)
+    epoch = 1
+    for i in range(n_rows):
+        out[i], epoch = next(rows)
+    if epoch > 1:
+        print(f"  warning: the validation shard is shorter than {eval_tokens:,} tokens; evaluation repeats it")
+    tmp = VAL_ROWS_FILE + ".tmp.npy"
+    np.save(tmp, out)
+    os.replace(tmp, VAL_ROWS_FILE)
+
+
+_val_rows = None
+
+
+@torch.no_grad()
+def evaluate_bpb(model, tokenizer, batch_size):
+    """Bits per byte on the pinned validation tokens: the summed cross-entropy (nats) of every target
+    that is not a special token, over ln 2 times their summed UTF-8 byte lengths. Which tokens are
+    scored is fixed by the setup; batch_size only sets speed (the last batch is padded with ignored
+    targets so a compiled model sees one shape)."""
+    global _val_rows
+    require_prepared()
+    if _val_rows is None:
+        _val_rows = np.load(VAL_ROWS_FILE, allow_pickle=False)
+    device = next(model.parameters()).device
+    token_bytes = torch.from_numpy(tokenizer.token_bytes).to(device)
+    nats = torch.zeros((), dtype=torch.float64, device=device)
+    nbytes = torch.zeros((), dtype=torch.int64, device=device)
+    for start in range(0, len(_val_rows), batch_size):
+        chunk = torch.from_numpy(_val_rows[start:start + batch_size].astype(np.int64))
+        x, y = chunk[:, :-1], chunk[:, 1:]
+        if len(chunk) < batch_size:
+            pad = batch_size - len(chunk)
+            x = torch.cat([x, torch.zeros(pad, x.size(1), dtype=x.dtype)])
+            y = torch.cat([y, torch.full((pad, y.size(1)), -1, dtype=y.dtype)])
+        x, y = x.to(device), y.to(device)
+        loss = model(x, y, reduction="none").reshape(-1).double()
+        y = y.reshape(-1)
+        counted = token_bytes[y.clamp(min=0)] * (y >= 0)
+        nats += (loss * (counted > 0)).sum()
+        nbytes += counted.sum()
+    return (nats / (math.log(2) * nbytes)).item()
+
+
+# ---------------------------------------------------------------------------
+# The command line
+
+def prepare(dataset, data, num_shards, workers, setup):
+    recorded = read_recorded_setup()
+    source = os.path.abspath(data) if data else dataset
+    if recorded:
+        setup, source = setup or recorded["setup"], source or recorded["source"]
+        if (setup, source) != (recorded["setup"], recorded["source"]):
+            raise PrepareError(f"{CACHE_DIR} already holds the {recorded['setup']} setup of {recorded['source']}; "
+                               f"prepare {setup} of {source} in another cache: "
+                               f"AUTORESEARCH_CACHE=<new folder> uv run prepare.py ...")
+        constants = recorded["constants"]
+    else:
+        source = source or "fineweb-edu"
+        if setup is None:
+            setup = default_setup_name()
+            why = "a CUDA GPU is present" if setup == "full" else "no CUDA GPU found"
+            print(f"setup: {setup.upper()} ({why}; --setup NAME chooses another of {', '.join(SETUPS)})")
+        constants = SETUPS[setup]
+        os.makedirs(CACHE_DIR, exist_ok=True)
+        # Claim the cache first, so a second prepare with other settings can never mix into it.
+        write_json_atomically(SETUP_FILE, dict(setup=setup, source=source, constants=constants))
+
+    if source in ("fineweb-edu", "climbmix"):
+        os.makedirs(DATA_DIR, exist_ok=True)
+        download_shards(source, num_shards, workers)
+    elif os.path.isdir(DATA_DIR):
+        print(f"data: already in {DATA_DIR}")
+    elif source == "tinystories":
+        repack_tinystories()
+    else:
+        pack_local_corpus(source, setup)
+
+    if not os.path.exists(os.path.join(TOKENIZER_DIR, "tokenizer.json")):
+        train_tokenizer(constants["VOCAB_SIZE"])
+    if not os.path.exists(VAL_ROWS_FILE):
+        print(f"validation: packing {constants['EVAL_TOKENS']:,} tokens", flush=True)
+        build_val_rows(load_tokenizer(), constants["EVAL_TOKENS"], constants["MAX_SEQ_LEN"])
+    print(f"ready: setup {setup} (MAX_SEQ_LEN={constants['MAX_SEQ_LEN']}, TIME_BUDGET={constants['TIME_BUDGET']}, "
+          f"EVAL_TOKENS={constants['EVAL_TOKENS']}, VOCAB_SIZE={constants['VOCAB_SIZE']}), data {source}, "
+          f"{len(training_shards())} training shard(s), cache {CACHE_DIR}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Prepare data and tokenizer for autoresearch.")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--dataset", choices=sorted(DATASETS), help="dataset to download (default fineweb-edu)")
+    source.add_argument("--data", metavar="PATH", help="pack a local corpus (.parquet, .txt, .md, .jsonl) instead")
+    parser.add_argument("--num-shards", type=int, default=10, help="training shards to download (default 10)")
+    parser.add_argument("--download-workers", type=int, default=8, help="parallel downloads (default 8)")
+    parser.add_argument("--setup", choices=sorted(SETUPS), help="default: full with a CUDA GPU, else small")
+    args = parser.parse_args()
+    try:
+        prepare(args.dataset, args.data, args.num_shards, args.download_workers, args.setup)
+    except PrepareError as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: nothing half-written was kept; run `uv run prepare.py` again to resume")
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            sys.exit(f"error: disk full while writing to {CACHE_DIR}; free space (or set AUTORESEARCH_CACHE "
+                     f"to a bigger disk) and run `uv run prepare.py` again")
+        raise
+
+
+if __name__ == "__main__":
+    main()
