@@ -329,7 +329,10 @@ def local_documents(files):
     for path in files:
         suffix = os.path.splitext(path)[1].lower()
         reader = {".parquet": parquet_documents, ".jsonl": jsonl_documents}.get(suffix, text_documents)
-        yield from (doc for doc in reader(path) if doc.strip())
+        try:
+            yield from (doc for doc in reader(path) if doc.strip())
+        except OSError as e:
+            raise PrepareError(f"--data: cannot read {path} ({e.strerror or e})") from e
 
 
 def pack_local_corpus(path, setup):
@@ -594,8 +597,7 @@ def evaluate_bpb(model, tokenizer, batch_size):
         _val_rows = np.load(VAL_ROWS_FILE, allow_pickle=False)
     device = next(model.parameters()).device
     token_bytes = torch.from_numpy(tokenizer.token_bytes).to(device)
-    nats = torch.zeros((), dtype=torch.float64, device=device)
-    nbytes = torch.zeros((), dtype=torch.int64, device=device)
+    nats, nbytes = 0.0, 0  # summed in Python's double precision (MPS has no float64)
     for start in range(0, len(_val_rows), batch_size):
         chunk = torch.from_numpy(_val_rows[start:start + batch_size].astype(np.int64))
         x, y = chunk[:, :-1], chunk[:, 1:]
@@ -604,12 +606,12 @@ def evaluate_bpb(model, tokenizer, batch_size):
             x = torch.cat([x, torch.zeros(pad, x.size(1), dtype=x.dtype)])
             y = torch.cat([y, torch.full((pad, y.size(1)), -1, dtype=y.dtype)])
         x, y = x.to(device), y.to(device)
-        loss = model(x, y, reduction="none").reshape(-1).double()
+        loss = model(x, y, reduction="none").reshape(-1).float()
         y = y.reshape(-1)
         counted = token_bytes[y.clamp(min=0)] * (y >= 0)
-        nats += (loss * (counted > 0)).sum()
-        nbytes += counted.sum()
-    return (nats / (math.log(2) * nbytes)).item()
+        nats += (loss * (counted > 0)).sum().item()
+        nbytes += counted.sum().item()
+    return nats / (math.log(2) * nbytes)
 
 
 # ---------------------------------------------------------------------------
