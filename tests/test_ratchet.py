@@ -87,9 +87,9 @@ def git(repo, *args):
 
 def test_program_md_names_every_command_the_loop_needs():
     blocks = program_blocks()
-    for label in ["Create the branch", "Make sure git can commit", "Start the log", "Run", "Read the result",
-                  "Read the traceback", "Log", "Baseline", "Baseline repeat", "Commit", "Check the judge",
-                  "Keep", "Discard"]:
+    for label in ["Create the branch", "Check the data exists", "Make sure git can commit", "Start the log",
+                  "Run", "Read the result", "Read the traceback", "Log", "Baseline", "Baseline repeat",
+                  "Commit", "Check the judge", "Keep", "Discard"]:
         assert label in blocks, f"program.md has no ```bash block labelled **{label}**"
 
 
@@ -97,6 +97,8 @@ def test_following_program_md_keeps_only_improvements(agent):
     repo = agent.repo
     # Setup
     assert agent("Create the branch", tag="e2e").returncode == 0
+    ready = agent("Check the data exists")
+    assert ready.returncode == 0 and "data ready, setup smoke" in ready.stdout, ready.stderr
     assert agent("Make sure git can commit").returncode == 0
     assert agent("Start the log").returncode == 0
     initial = git(repo, "rev-parse", "HEAD").strip()
