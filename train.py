@@ -7,6 +7,9 @@ training loop, the final evaluation and the summary.
     uv run train.py
 """
 
+import time
+t_start = time.time()  # total_seconds counts from here: imports and start-up are overhead too
+
 import os
 os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")  # less GPU memory fragmentation
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # keep run.log free of download bars
@@ -15,7 +18,6 @@ import gc
 import math
 import shutil
 import sys
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass, asdict
 
@@ -89,12 +91,11 @@ MPS_PEAK_FLOPS = [
     ("M3 Ultra", 32.8e12), ("M3 Max", 16.4e12), ("M3 Pro", 7.4e12), ("M3", 4.1e12),
     ("M4 Max", 18.4e12), ("M4 Pro", 9.2e12), ("M4", 4.6e12),
 ]
-# CPUs: the best sustained square-matmul rate of one core, times the threads torch uses. Measured
-# on the 2-core Xeon (Emerald Rapids, AVX-512 + AMX) this was developed on: ~830 GFLOP/s per core
-# in bf16 (AMX; n=1024..4096), ~155 in fp32 (AVX-512). AMX's paper peak (~4 TFLOP/s per core)
-# is out of reach of any real matmul, so the achievable rate is the meaningful ceiling. CPUs
-# without AMX or AVX-512 reach less, so there MFU reads low, never above 100%.
-CPU_PEAK_FLOPS_PER_CORE = 850e9 if USE_BF16 else 160e9
+# CPUs: the best square-matmul rate measured per thread, times the threads torch uses. On the 2-core
+# Xeon (AVX-512 + AMX) this was developed on, torch 2.9.1 reached 1,140 GFLOP/s in bf16 on 2 threads
+# (n=1024; 585-640 for n=2048-4096, 390-420 on one thread) and 155 per thread in fp32. So a thread's
+# peak is 570 GFLOP/s in bf16, 155 in fp32; CPUs without AMX reach less, and there MFU reads low.
+CPU_PEAK_FLOPS_PER_CORE = 570e9 if USE_BF16 else 155e9
 
 
 def device_peak_flops():
@@ -611,7 +612,7 @@ DEVICE_BATCH_SIZE = 128   # per-device batch size (reduce if OOM)
 # The values above are the reference (`full` setup, one big GPU). Smaller setups start from these
 # instead: under `small` or `smoke`, edit the line for that setup here.
 if SETUP == "small":    # CPUs, Apple silicon, small GPUs: 512-token sequences
-    DEPTH, DEVICE_BATCH_SIZE, TOTAL_BATCH_SIZE, WINDOW_PATTERN = 4, 32, 2**14, "L"
+    DEPTH, DEVICE_BATCH_SIZE, TOTAL_BATCH_SIZE, WINDOW_PATTERN = 4, 16, 2**13, "L"
 elif SETUP == "smoke":  # seconds on a CPU, only proves that everything runs
     DEPTH, DEVICE_BATCH_SIZE, TOTAL_BATCH_SIZE, WINDOW_PATTERN = 2, 8, 2**10, "SSSL"
 
@@ -619,7 +620,6 @@ elif SETUP == "smoke":  # seconds on a CPU, only proves that everything runs
 # Setup: tokenizer, model, optimizer, dataloader
 # ---------------------------------------------------------------------------
 
-t_start = time.time()
 tokenizer = Tokenizer.from_directory()  # first: without prepared data this exits with what to do
 torch.manual_seed(42)  # seeds every device
 vocab_size = tokenizer.get_vocab_size()
@@ -684,7 +684,7 @@ optimizer = model.setup_optimizer(
     adam_betas=ADAM_BETAS,
     matrix_lr=MATRIX_LR,
     weight_decay=WEIGHT_DECAY,
-    compile=COMPILE,
+    compile=COMPILE and device.type == "cuda",  # on a CPU, compiling the step costs ~30 s and saves none
 )
 
 if COMPILE:
