@@ -617,8 +617,15 @@ def evaluate_bpb(model, tokenizer, batch_size):
 # ---------------------------------------------------------------------------
 # The command line
 
+def has_data():
+    return os.path.isdir(DATA_DIR) and any(f.startswith("shard_") for f in os.listdir(DATA_DIR))
+
+
 def prepare(dataset, data, num_shards, workers, setup):
     recorded = read_recorded_setup()
+    if recorded and not has_data():  # claimed by a prepare that got no data (no network, say): free
+        recorded = None
+        shutil.rmtree(DATA_DIR, ignore_errors=True)
     source = os.path.abspath(data) if data else dataset
     if recorded:
         setup, source = setup or recorded["setup"], source or recorded["source"]
@@ -641,7 +648,7 @@ def prepare(dataset, data, num_shards, workers, setup):
     if source in ("fineweb-edu", "climbmix"):
         os.makedirs(DATA_DIR, exist_ok=True)
         download_shards(source, num_shards, workers)
-    elif os.path.isdir(DATA_DIR):
+    elif has_data():
         print(f"data: already in {DATA_DIR}")
     elif source == "tinystories":
         repack_tinystories()

@@ -151,9 +151,12 @@ def run_with_env(cache, extra_env, *args):
                           env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_no_network_gives_one_line_naming_data(tmp_path):
-    result = run_with_env(tmp_path / "cache", {"HF_ENDPOINT": "http://127.0.0.1:9"}, "--setup", "smoke")
+def test_no_network_gives_one_line_naming_data_and_data_then_works(tmp_path, corpus):
+    cache = tmp_path / "cache"
+    result = run_with_env(cache, {"HF_ENDPOINT": "http://127.0.0.1:9"}, "--setup", "smoke")
     assert_one_line_error(result, "--data", "no network")
+    # the advice works in the same cache: the failed download left no claim behind
+    assert run_with_env(cache, {}, "--data", corpus, "--setup", "smoke").returncode == 0
 
 
 # ---------------------------------------------------------------------------
