@@ -1,6 +1,5 @@
 """prepare.py: downloads, local packing, tokenizer, dataloader, the metric and its error messages."""
 import errno
-import functools
 import http.server
 import importlib
 import json
