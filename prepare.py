@@ -19,6 +19,7 @@ import math
 import os
 import random
 import shutil
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -556,12 +557,71 @@ def make_dataloader(tokenizer, B, T, split, device=None):
         yield batch[:, :-1], batch[:, 1:], epoch
 
 
+# ---------------------------------------------------------------------------
+# Hardware: the device, and the peaks that MFU and peak memory are read against
+
 def default_device():
+    """CUDA, else Apple's MPS, else the CPU (a CUDA build of torch on a machine without a GPU: CPU)."""
     if torch.cuda.is_available():
         return "cuda"
     if torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name()
+    if device.type == "mps":
+        return "Apple GPU (MPS)"
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+# Dense bf16 tensor-core peaks (vendor datasheets, without sparsity); the first name contained in
+# the device's name wins. Pre-Ampere GPUs train in fp32, so theirs are fp32 peaks.
+GPU_PEAK_FLOPS = [
+    ("GB200", 2.5e15), ("B200", 2.25e15), ("H200 NVL", 835e12), ("H100 NVL", 835e12),
+    ("H100 PCIe", 756e12), ("H100", 989.5e12), ("H200", 989.5e12), ("H800", 989.5e12),
+    ("A100", 312e12), ("A800", 312e12), ("L40S", 362e12), ("L40", 181e12), ("L4", 121e12),
+    ("A10", 125e12), ("RTX 6000 Ada", 364e12), ("A6000", 155e12), ("RTX 4090", 165e12),
+    ("RTX 3090", 71e12), ("T4", 8.1e12), ("V100", 15.7e12),
+]
+# Apple GPUs in fp32 (MPS trains in fp32): GPU cores x 128 ALUs x 2 FLOPs x clock, for each chip's
+# largest GPU variant, so MFU errs low rather than high; unknown chips get the largest figure.
+MPS_PEAK_FLOPS = [
+    ("M1 Ultra", 20.8e12), ("M1 Max", 10.4e12), ("M1 Pro", 5.2e12), ("M1", 2.6e12),
+    ("M2 Ultra", 27.2e12), ("M2 Max", 13.6e12), ("M2 Pro", 6.8e12), ("M2", 3.6e12),
+    ("M3 Ultra", 32.8e12), ("M3 Max", 16.4e12), ("M3 Pro", 7.4e12), ("M3", 4.1e12),
+    ("M4 Max", 18.4e12), ("M4 Pro", 9.2e12), ("M4", 4.6e12),
+]
+# CPUs: the best square-matmul rate measured per thread, times the threads torch uses. On the 2-core
+# Xeon (AVX-512 + AMX) this was developed on, torch 2.9.1 reached 1,140 GFLOP/s in bf16 on 2 threads
+# (n=1024; 585-640 for n=2048-4096, 390-420 on one thread) and 155 per thread in fp32. So a thread's
+# peak is 570 GFLOP/s in bf16, 155 in fp32; CPUs without AMX reach less, and there MFU reads low.
+CPU_PEAK_FLOPS_PER_THREAD = {True: 570e9, False: 155e9}  # by bf16
+
+
+def peak_flops_of(device, bf16):
+    """Peak FLOP/s of the device at the precision training runs at (bf16 or fp32), for MFU."""
+    if device.type == "cuda":
+        for name, flops in GPU_PEAK_FLOPS:
+            if name in device_name(device):
+                return flops
+        print(f"Unknown GPU {device_name(device)!r}: MFU is against an H100's 989.5 TFLOP/s (add yours to GPU_PEAK_FLOPS in prepare.py)")
+        return 989.5e12
+    if device.type == "mps":
+        chip = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True).stdout
+        return next((flops for name, flops in MPS_PEAK_FLOPS if name in chip), 32.8e12)
+    return CPU_PEAK_FLOPS_PER_THREAD[bf16] * torch.get_num_threads()
+
+
+def peak_memory_mb(device):
+    """Peak GPU memory on CUDA; elsewhere the process's peak resident memory."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 1024 / 1024
+    import resource  # Unix only
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1024 / 1024 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
 
 
 # ---------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from prepare import MAX_SEQ_LEN, TIME_BUDGET, EVAL_TOKENS, SETUP, Tokenizer, make_dataloader, evaluate_bpb
+from prepare import default_device, device_name, peak_flops_of, peak_memory_mb
 
 # Line-buffered stdout: output redirected to run.log must not sit in a buffer and land after a
 # crash's traceback, which has to be the last thing in the log.
@@ -38,15 +39,7 @@ sys.stdout.reconfigure(line_buffering=True)
 # Device: everything hardware-specific is in this section
 # ---------------------------------------------------------------------------
 
-if torch.cuda.is_available():  # False, not an error, on a CUDA build of torch without a GPU
-    device = torch.device("cuda")
-    DEVICE_NAME = torch.cuda.get_device_name()
-elif torch.backends.mps.is_available():
-    device = torch.device("mps")
-    DEVICE_NAME = "Apple GPU (MPS)"
-else:
-    device = torch.device("cpu")
-    DEVICE_NAME = f"CPU ({torch.get_num_threads()} threads)"
+device = torch.device(default_device())  # CUDA, else Apple's MPS, else the CPU
 
 # bf16 autocast only where bf16 math is native: NVIDIA GPUs from Ampere on, and CPUs with AVX512-BF16
 # or AMX (there a bf16 matmul measured 3-5x an fp32 one). Elsewhere bf16 is emulated, slower than
@@ -91,53 +84,6 @@ def synchronize():
         torch.cuda.synchronize()
     elif device.type == "mps":
         torch.mps.synchronize()
-
-
-# Dense bf16 tensor-core peaks (vendor datasheets, without sparsity); the first name contained in
-# the device's name wins. Pre-Ampere GPUs train in fp32, so theirs are fp32 peaks.
-GPU_PEAK_FLOPS = [
-    ("GB200", 2.5e15), ("B200", 2.25e15), ("H200 NVL", 835e12), ("H100 NVL", 835e12),
-    ("H100 PCIe", 756e12), ("H100", 989.5e12), ("H200", 989.5e12), ("H800", 989.5e12),
-    ("A100", 312e12), ("A800", 312e12), ("L40S", 362e12), ("L40", 181e12), ("L4", 121e12),
-    ("A10", 125e12), ("RTX 6000 Ada", 364e12), ("A6000", 155e12), ("RTX 4090", 165e12),
-    ("RTX 3090", 71e12), ("T4", 8.1e12), ("V100", 15.7e12),
-]
-# Apple GPUs in fp32 (MPS trains in fp32): GPU cores x 128 ALUs x 2 FLOPs x clock, for each chip's
-# largest GPU variant, so MFU errs low rather than high; unknown chips get the largest figure.
-MPS_PEAK_FLOPS = [
-    ("M1 Ultra", 20.8e12), ("M1 Max", 10.4e12), ("M1 Pro", 5.2e12), ("M1", 2.6e12),
-    ("M2 Ultra", 27.2e12), ("M2 Max", 13.6e12), ("M2 Pro", 6.8e12), ("M2", 3.6e12),
-    ("M3 Ultra", 32.8e12), ("M3 Max", 16.4e12), ("M3 Pro", 7.4e12), ("M3", 4.1e12),
-    ("M4 Max", 18.4e12), ("M4 Pro", 9.2e12), ("M4", 4.6e12),
-]
-# CPUs: the best square-matmul rate measured per thread, times the threads torch uses. On the 2-core
-# Xeon (AVX-512 + AMX) this was developed on, torch 2.9.1 reached 1,140 GFLOP/s in bf16 on 2 threads
-# (n=1024; 585-640 for n=2048-4096, 390-420 on one thread) and 155 per thread in fp32. So a thread's
-# peak is 570 GFLOP/s in bf16, 155 in fp32; CPUs without AMX reach less, and there MFU reads low.
-CPU_PEAK_FLOPS_PER_CORE = 570e9 if USE_BF16 else 155e9
-
-
-def device_peak_flops():
-    """Peak FLOP/s of this device at the precision training runs at, for MFU."""
-    if device.type == "cuda":
-        for name, flops in GPU_PEAK_FLOPS:
-            if name in DEVICE_NAME:
-                return flops
-        print(f"Unknown GPU {DEVICE_NAME!r}: MFU is against an H100's 989.5 TFLOP/s (add yours to GPU_PEAK_FLOPS)")
-        return 989.5e12
-    if device.type == "mps":
-        chip = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True).stdout
-        return next((flops for name, flops in MPS_PEAK_FLOPS if name in chip), 32.8e12)
-    return CPU_PEAK_FLOPS_PER_CORE * torch.get_num_threads()
-
-
-def peak_memory_mb():
-    """Peak GPU memory on CUDA; elsewhere the process's peak resident memory."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 1024 / 1024
-    import resource
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 1024 / 1024 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
 
 
 def load_flash_attention_3():
@@ -195,7 +141,7 @@ def attention(q, k, v, window_size):
     return sdpa_attention(q, k, v, window_size[0])
 
 
-print(f"Device: {DEVICE_NAME}, {'bf16 autocast' if USE_BF16 else 'fp32'}, torch.compile {'on' if COMPILE else 'off'}")
+print(f"Device: {device_name(device)}, {'bf16 autocast' if USE_BF16 else 'fp32'}, torch.compile {'on' if COMPILE else 'off'}")
 if fa3 is not None:
     print(f"Attention: Flash Attention 3 ({fa3_note})")
 else:
@@ -688,7 +634,7 @@ for key, value in param_counts.items():
 num_params = param_counts['total']
 num_flops_per_token = model.estimate_flops()
 print(f"Estimated FLOPs per token: {num_flops_per_token:e}")
-peak_flops = device_peak_flops()
+peak_flops = peak_flops_of(device, USE_BF16)
 
 tokens_per_fwdbwd = DEVICE_BATCH_SIZE * MAX_SEQ_LEN
 assert TOTAL_BATCH_SIZE % tokens_per_fwdbwd == 0, (
@@ -821,7 +767,7 @@ with autocast_ctx:
 t_end = time.time()
 timed_steps = step - 11  # steps 11 .. step-1 are the ones in total_training_time
 steady_state_mfu = 100 * num_flops_per_token * TOTAL_BATCH_SIZE * timed_steps / total_training_time / peak_flops if total_training_time > 0 else 0
-peak_vram_mb = peak_memory_mb()
+peak_vram_mb = peak_memory_mb(device)
 
 print("---")
 print(f"val_bpb:          {val_bpb:.6f}")
