@@ -6,14 +6,17 @@ The judge: one-time data preparation and the runtime utilities train.py imports.
 
 Downloads (or packs) the data, trains the tokenizer, freezes the validation tokens and records the
 setup in the cache, so that every experiment against one cache is measured the same way.
-train.py imports MAX_SEQ_LEN, TIME_BUDGET, EVAL_TOKENS, VOCAB_SIZE, Tokenizer, make_dataloader and
-evaluate_bpb from here. Nobody edits this file during a run: it is how val_bpb is defined.
+train.py imports the setup's constants (MAX_SEQ_LEN, TIME_BUDGET, EVAL_TOKENS, SETUP), Tokenizer,
+make_dataloader and evaluate_bpb, and the hardware helpers below (the device, its name, its peak
+FLOP/s and memory). The agent never edits this file: it is how val_bpb is defined. Maintainers
+change it between releases only, e.g. to add a GPU to the peak table.
 """
 
 import argparse
 import base64
 import bisect
 import errno
+import fcntl
 import json
 import math
 import os
@@ -23,12 +26,14 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import requests
 import torch
+import torch.nn.functional as F
 
 # ---------------------------------------------------------------------------
 # Setups: the comparability contract. Numbers are recorded in the cache at prepare time and read
@@ -97,11 +102,22 @@ def default_setup_name():
     return "full" if torch.cuda.is_available() else "small"
 
 
-def write_json_atomically(path, obj):
+@contextmanager
+def atomic_path(path):
+    """A temporary name beside path to write to; it replaces path only if the block completes, so
+    an interruption or a full disk never leaves a half-written file under the real name."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json_atomically(path, obj):
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 RECORDED = read_recorded_setup()
@@ -139,11 +155,10 @@ def download_file(url, path, attempts=5, backoff=1.0):
     """Fetch url to path: streamed to a temporary file, verified, then renamed into place."""
     if os.path.exists(path) and verify_parquet(path):
         return
-    tmp = f"{path}.part{os.getpid()}"
     name = os.path.basename(path)
     for attempt in range(1, attempts + 1):
         try:
-            with requests.get(url, stream=True, timeout=(10, 60)) as r:
+            with atomic_path(path) as tmp, requests.get(url, stream=True, timeout=(10, 60)) as r:
                 r.raise_for_status()
                 expected = int(r.headers.get("Content-Length", -1))
                 received = 0
@@ -151,11 +166,10 @@ def download_file(url, path, attempts=5, backoff=1.0):
                     for chunk in r.iter_content(chunk_size=1 << 20):
                         f.write(chunk)
                         received += len(chunk)
-            if expected >= 0 and received != expected:
-                raise OSError(f"truncated: got {received} of {expected} bytes")
-            if not verify_parquet(tmp):
-                raise OSError("not a valid parquet file with a text column")
-            os.replace(tmp, path)
+                if expected >= 0 and received != expected:
+                    raise OSError(f"truncated: got {received} of {expected} bytes")
+                if not verify_parquet(tmp):
+                    raise OSError("not a valid parquet file with a text column")
             return
         except OSError as e:  # requests' errors are OSErrors too
             if getattr(e, "errno", None) == errno.ENOSPC:
@@ -165,9 +179,6 @@ def download_file(url, path, attempts=5, backoff=1.0):
                 wait = backoff * 2 ** (attempt - 1)
                 print(f"  {name}: attempt {attempt} failed ({short_reason(e)}); retrying in {wait:g}s", flush=True)
                 time.sleep(wait)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
     raise last
 
 
@@ -177,6 +188,15 @@ def short_reason(e):
     if isinstance(e, requests.Timeout):
         return "timed out"
     return str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+
+
+def fetch_first(url, path):
+    """The first download of a prepare: no network at all is said in one line, with the way out."""
+    try:
+        download_file(url, path, attempts=3)
+    except requests.ConnectionError:
+        raise PrepareError(f"cannot reach {HF_ENDPOINT} (no network?); to prepare from local files "
+                           f"instead run: uv run prepare.py --data PATH")
 
 
 def hf_url(repo, filename):
@@ -196,12 +216,7 @@ def download_shards(dataset, num_shards, workers):
     print(f"data: {len(names) - len(todo)} of {len(names)} shards of {info['repo']} present, downloading {len(todo)}")
     if not todo:
         return
-    # One shard first, alone: without a network this is the only failure the user sees.
-    try:
-        download_file(*todo[0], attempts=3)
-    except requests.ConnectionError:
-        raise PrepareError(f"cannot reach {HF_ENDPOINT} (no network?); to prepare from local files "
-                           f"instead run: uv run prepare.py --data PATH")
+    fetch_first(*todo[0])  # alone: without a network this is the only failure the user sees
     t0, done, failed = time.time(), 1, []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [(pool.submit(download_file, url, path), path) for url, path in todo[1:]]
@@ -220,9 +235,8 @@ def download_shards(dataset, num_shards, workers):
 
 
 def write_shard(path, texts):
-    tmp = f"{path}.tmp{os.getpid()}"
-    pq.write_table(pa.table({"text": texts}), tmp, row_group_size=ROW_GROUP_SIZE, compression="zstd")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.table({"text": texts}), tmp, row_group_size=ROW_GROUP_SIZE, compression="zstd")
 
 
 def publish_shards(train_groups, val_docs):
@@ -243,11 +257,7 @@ def repack_tinystories():
     """TinyStories is one file: split it into the shard layout, validation rows pinned last."""
     info = DATASETS["tinystories"]
     raw = os.path.join(CACHE_DIR, info["file"])
-    try:
-        download_file(hf_url(info["repo"], info["file"]), raw)
-    except requests.ConnectionError:
-        raise PrepareError(f"cannot reach {HF_ENDPOINT} (no network?); to prepare from local files "
-                           f"instead run: uv run prepare.py --data PATH")
+    fetch_first(hf_url(info["repo"], info["file"]), raw)
     texts = pq.read_table(raw, columns=["text"]).column("text").to_pylist()
     lo, hi = info["val_rows"]
     train, per_shard = texts[hi:], 250_000
@@ -337,7 +347,7 @@ def local_documents(files):
             raise PrepareError(f"--data: cannot read {path} ({e.strerror or e})") from e
 
 
-def pack_local_corpus(path, setup):
+def pack_local_corpus(path, setup, constants):
     """Pack a local corpus into shuffled shards plus a validation shard spread evenly over it."""
     files = local_files(path)
     print(f"data: packing {len(files)} files from {path}")
@@ -345,13 +355,17 @@ def pack_local_corpus(path, setup):
     for doc in local_documents(files):
         n_docs += 1
         total_chars += len(doc)
-    needed = MIN_CHARS_PER_TOKEN * SETUPS[setup]["VOCAB_SIZE"]
+    needed = MIN_CHARS_PER_TOKEN * constants["VOCAB_SIZE"]
     if total_chars < needed:
         raise PrepareError(f"--data {path} holds {total_chars:,} characters of text; the {setup} setup's "
-                           f"{SETUPS[setup]['VOCAB_SIZE']}-token vocabulary needs at least {needed:,}")
+                           f"{constants['VOCAB_SIZE']}-token vocabulary needs at least {needed:,}")
     # Validation: enough text for the setup's evaluation tokens (about 4 characters a token, doubled
     # for what packing crops), at most a tenth of the corpus; evaluation repeats it if it is short.
-    val_fraction = min(0.1, 8 * SETUPS[setup]["EVAL_TOKENS"] / total_chars)
+    val_fraction = min(0.1, 8 * constants["EVAL_TOKENS"] / total_chars)
+    if n_docs < 2:
+        raise PrepareError(f"--data {path} holds a single document; validation needs one of its own: "
+                           f"split it into several files or .jsonl records")
+    n_val = max(1, round(n_docs * val_fraction))  # at least one, however few and long the documents
     n_train_shards = max(1, math.ceil(total_chars * (1 - val_fraction) / SHARD_CHARS))
     # Two-level shuffle with bounded memory: documents go to random buckets on disk, then each
     # bucket is shuffled in memory and becomes a shard.
@@ -363,8 +377,8 @@ def pack_local_corpus(path, setup):
     rng, val = random.Random(0), []
     try:
         for i, doc in enumerate(local_documents(files)):
-            if int((i + 1) * val_fraction) > int(i * val_fraction):
-                val.append(doc)  # every (1/val_fraction)-th document: validation spans the corpus
+            if (i + 1) * n_val // n_docs > i * n_val // n_docs:
+                val.append(doc)  # the last of every n_docs / n_val documents: validation spans the corpus
             else:
                 buckets[rng.randrange(n_train_shards)].write(json.dumps(doc) + "\n")
     finally:
@@ -414,10 +428,9 @@ def train_tokenizer(vocab_size):
     tiktoken.Encoding("check", pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
     os.makedirs(TOKENIZER_DIR, exist_ok=True)
     ranks_path = os.path.join(TOKENIZER_DIR, "tokenizer.tiktoken")
-    with open(ranks_path + ".tmp", "w") as f:
+    with atomic_path(ranks_path) as tmp, open(tmp, "w") as f:
         for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
             f.write(f"{base64.b64encode(token).decode()} {rank}\n")
-    os.replace(ranks_path + ".tmp", ranks_path)
     write_json_atomically(os.path.join(TOKENIZER_DIR, "tokenizer.json"),
                           {"pattern": SPLIT_PATTERN, "special_tokens": specials, "bos": BOS_TOKEN})
     print(f"  done in {time.time() - t0:.1f}s")
@@ -539,22 +552,21 @@ def packed_rows(batches, bos, T):
 
 
 def make_dataloader(tokenizer, B, T, split, device=None):
-    """Forever: (inputs, targets, epoch), int64 tensors of shape (B, T) on the device. Targets are
-    the inputs shifted by one."""
+    """Forever: (inputs, targets, epoch), contiguous int64 tensors of shape (B, T) on the device.
+    Targets are the inputs shifted by one."""
     assert split in ("train", "val")
     device = torch.device(device or default_device())
     rows = packed_rows(document_batches(tokenizer, split), tokenizer.get_bos_token_id(), T)
-    use_cuda = device.type == "cuda"
+    batch = np.empty((B, T + 1), dtype=np.int64)
     while True:
-        batch = np.empty((B, T + 1), dtype=np.int64)
         for b in range(B):
             batch[b], epoch = next(rows)
-        batch = torch.from_numpy(batch)
-        if use_cuda:  # pinning needs a GPU; elsewhere it fails
-            batch = batch.pin_memory().to(device, non_blocking=True)
+        pair = torch.from_numpy(np.stack([batch[:, :-1], batch[:, 1:]]))  # one copy: both contiguous
+        if device.type == "cuda":  # pinned memory copies asynchronously; it needs a GPU
+            pair = pair.pin_memory().to(device, non_blocking=True)
         else:
-            batch = batch.to(device)
-        yield batch[:, :-1], batch[:, 1:], epoch
+            pair = pair.to(device)
+        yield pair[0], pair[1], epoch
 
 
 # ---------------------------------------------------------------------------
@@ -638,9 +650,8 @@ def build_val_rows(tokenizer, eval_tokens, seq_len):
         out[i], epoch = next(rows)
     if epoch > 1:
         print(f"  warning: the validation shard is shorter than {eval_tokens:,} tokens; evaluation repeats it")
-    tmp = VAL_ROWS_FILE + ".tmp.npy"
-    np.save(tmp, out)
-    os.replace(tmp, VAL_ROWS_FILE)
+    with atomic_path(VAL_ROWS_FILE) as tmp, open(tmp, "wb") as f:
+        np.save(f, out)
 
 
 _val_rows = None
@@ -649,9 +660,11 @@ _val_rows = None
 @torch.no_grad()
 def evaluate_bpb(model, tokenizer, batch_size):
     """Bits per byte on the pinned validation tokens: the summed cross-entropy (nats) of every target
-    that is not a special token, over ln 2 times their summed UTF-8 byte lengths. Which tokens are
-    scored is fixed by the setup; batch_size only sets speed (the last batch is padded with ignored
-    targets so a compiled model sees one shape)."""
+    that is not a special token, over ln 2 times their summed UTF-8 byte lengths. The judge computes
+    the cross-entropy itself from the logits `model(x)` returns for the inputs alone, so no code in
+    train.py decides what is scored, and it checks once that those logits are causal. Which tokens
+    are scored is fixed by the setup; batch_size only sets speed (the last batch is padded with
+    ignored targets so a compiled model sees one shape)."""
     global _val_rows
     require_prepared()
     if _val_rows is None:
@@ -667,12 +680,48 @@ def evaluate_bpb(model, tokenizer, batch_size):
             x = torch.cat([x, torch.zeros(pad, x.size(1), dtype=x.dtype)])
             y = torch.cat([y, torch.full((pad, y.size(1)), -1, dtype=y.dtype)])
         x, y = x.to(device), y.to(device)
-        loss = model(x, y, reduction="none").reshape(-1).float()
-        y = y.reshape(-1)
-        counted = token_bytes[y.clamp(min=0)] * (y >= 0)
-        nats += (loss * (counted > 0)).sum().item()
+        logits = model_logits(model, x, tokenizer.get_vocab_size())
+        counted = token_bytes[y.clamp(min=0)] * (y >= 0)  # bytes per target: 0 for specials and padding
+        nats += summed_cross_entropy(logits, y, counted > 0)
         nbytes += counted.sum().item()
+        if start == 0:
+            check_causal(model, x, logits)
     return nats / (math.log(2) * nbytes)
+
+
+def model_logits(model, x, vocab_size):
+    """The model's logits for x, (B, T, vocab_size); a model may have padded its vocabulary."""
+    logits = model(x)
+    if not (torch.is_tensor(logits) and logits.shape[:2] == x.shape and logits.size(-1) >= vocab_size):
+        got = tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__
+        sys.exit(f"error: the judge calls model(x) and needs logits of shape {(*x.shape, vocab_size)}; got {got}")
+    return logits[..., :vocab_size]
+
+
+def check_causal(model, x, logits):
+    """Change every token in the later half of the batch: the earlier half's logits must not move
+    beyond bf16 rounding, or the model has seen the tokens it is scored on."""
+    half = x.size(1) // 2
+    later = x.clone()
+    later[:, half:] = (later[:, half:] + 1) % logits.size(-1)
+    early = logits[:, :half].float().clone()  # a compiled model may reuse its output's memory
+    moved = model_logits(model, later, logits.size(-1))[:, :half].float()
+    change = (moved - early).abs().max().item()
+    if change > 2**-7 * early.abs().max().item() + 1e-5:
+        sys.exit(f"error: the model is not causal: changing tokens after position {half} moved the logits "
+                 f"before it by up to {change:.3g}; val_bpb would score tokens the model had already seen")
+
+
+def summed_cross_entropy(logits, y, scored):
+    """Sum of -log p(target) over the scored targets, a few rows at a time to bound the memory of
+    the float32 temporaries (a `full` batch of logits alone is gigabytes)."""
+    rows = max(1, 2**26 // (logits.size(1) * logits.size(2)))
+    total = 0.0
+    for i in range(0, len(y), rows):
+        loss = F.cross_entropy(logits[i:i + rows].flatten(0, 1).float(), y[i:i + rows].flatten().clamp(min=0),
+                               reduction="none")
+        total += (loss * scored[i:i + rows].flatten()).sum().item()
+    return total
 
 
 # ---------------------------------------------------------------------------
@@ -682,45 +731,102 @@ def has_data():
     return os.path.isdir(DATA_DIR) and any(f.startswith("shard_") for f in os.listdir(DATA_DIR))
 
 
-def prepare(dataset, data, num_shards, workers, setup):
+def holds_prepared_files():
+    return has_data() or os.path.exists(TOKENIZER_DIR) or os.path.exists(VAL_ROWS_FILE)
+
+
+@contextmanager
+def cache_lock():
+    """One prepare at a time on a cache: a second one waits, then finds the first one's work done."""
+    os.makedirs(CACHE_DIR, exist_ok=True)
+    with open(os.path.join(CACHE_DIR, ".prepare.lock"), "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting: another prepare is running on {CACHE_DIR}", flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock, also when the process dies
+
+
+def claim_cache(setup, source):
+    """(setup, source, constants) of this cache: the recorded ones, or for a new cache the ones asked
+    for, recorded before anything else is written so that nothing of another setup mixes in."""
     recorded = read_recorded_setup()
-    if recorded and not has_data():  # claimed by a prepare that got no data (no network, say): free
+    if recorded and not holds_prepared_files():  # claimed by a prepare that got nothing (no network)
         recorded = None
         shutil.rmtree(DATA_DIR, ignore_errors=True)
-    source = os.path.abspath(data) if data else dataset
     if recorded:
-        setup, source = setup or recorded["setup"], source or recorded["source"]
-        if (setup, source) != (recorded["setup"], recorded["source"]):
+        if (setup or recorded["setup"], source or recorded["source"]) != (recorded["setup"], recorded["source"]):
             raise PrepareError(f"{CACHE_DIR} already holds the {recorded['setup']} setup of {recorded['source']}; "
-                               f"prepare {setup} of {source} in another cache: "
-                               f"AUTORESEARCH_CACHE=<new folder> uv run prepare.py ...")
-        constants = recorded["constants"]
-    else:
-        source = source or "fineweb-edu"
-        if setup is None:
-            setup = default_setup_name()
-            why = "a CUDA GPU is present" if setup == "full" else "no CUDA GPU found"
-            print(f"setup: {setup.upper()} ({why}; --setup NAME chooses another of {', '.join(SETUPS)})")
-        constants = SETUPS[setup]
-        os.makedirs(CACHE_DIR, exist_ok=True)
-        # Claim the cache first, so a second prepare with other settings can never mix into it.
-        write_json_atomically(SETUP_FILE, dict(setup=setup, source=source, constants=constants))
+                               f"prepare {setup or recorded['setup']} of {source or recorded['source']} in another "
+                               f"cache: AUTORESEARCH_CACHE=<new folder> uv run prepare.py ...")
+        return recorded["setup"], recorded["source"], recorded["constants"]
+    if holds_prepared_files():
+        raise PrepareError(f"{CACHE_DIR} holds prepared files but no record of their setup ({SETUP_FILE}); "
+                           f"move them away, or prepare in another cache: AUTORESEARCH_CACHE=<new folder>")
+    source = source or "fineweb-edu"
+    if setup is None:
+        setup = default_setup_name()
+        why = "a CUDA GPU is present" if setup == "full" else "no CUDA GPU found"
+        print(f"setup: {setup.upper()} ({why}; --setup NAME chooses another of {', '.join(SETUPS)})")
+    constants = SETUPS[setup]
+    write_json_atomically(SETUP_FILE, dict(setup=setup, source=source, constants=constants))
+    return setup, source, constants
 
-    if source in ("fineweb-edu", "climbmix"):
+
+def get_data(source, setup, constants, num_shards, workers):
+    """Download or pack the shards. True when they were made anew, which makes whatever was derived
+    from earlier ones stale (a downloaded shard never changes: fetching a missing one is not that)."""
+    if "shards" in DATASETS.get(source, {}):
         os.makedirs(DATA_DIR, exist_ok=True)
         download_shards(source, num_shards, workers)
-    elif has_data():
+        return False
+    if has_data():
         print(f"data: already in {DATA_DIR}")
-    elif source == "tinystories":
+        return False
+    if source == "tinystories":
         repack_tinystories()
     else:
-        pack_local_corpus(source, setup)
+        pack_local_corpus(source, setup, constants)
+    return True
 
-    if not os.path.exists(os.path.join(TOKENIZER_DIR, "tokenizer.json")):
+
+def tokenizer_vocab_size():
+    try:
+        with open(os.path.join(TOKENIZER_DIR, "tokenizer.json")) as f:
+            return max(json.load(f)["special_tokens"].values()) + 1
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def val_rows_shape():
+    try:
+        return np.load(VAL_ROWS_FILE, mmap_mode="r", allow_pickle=False).shape
+    except (OSError, ValueError):
+        return None
+
+
+def derive_from_data(constants, data_is_new):
+    """The tokenizer, then the validation rows it encodes: each is (re)built when it is missing,
+    when what it derives from was made anew, or when it does not fit the recorded setup."""
+    if data_is_new or tokenizer_vocab_size() != constants["VOCAB_SIZE"]:
+        if os.path.exists(TOKENIZER_DIR):
+            print("tokenizer: the one in the cache does not belong to this data or setup; rebuilding it")
+        if os.path.exists(VAL_ROWS_FILE):
+            os.remove(VAL_ROWS_FILE)  # first: its presence marks the cache complete
+        shutil.rmtree(TOKENIZER_DIR, ignore_errors=True)
         train_tokenizer(constants["VOCAB_SIZE"])
-    if not os.path.exists(VAL_ROWS_FILE):
+    n_rows, seq_len = constants["EVAL_TOKENS"] // constants["MAX_SEQ_LEN"], constants["MAX_SEQ_LEN"]
+    if val_rows_shape() != (n_rows, seq_len + 1):
         print(f"validation: packing {constants['EVAL_TOKENS']:,} tokens", flush=True)
-        build_val_rows(load_tokenizer(), constants["EVAL_TOKENS"], constants["MAX_SEQ_LEN"])
+        build_val_rows(load_tokenizer(), constants["EVAL_TOKENS"], seq_len)
+
+
+def prepare(dataset, data, num_shards, workers, setup):
+    with cache_lock():
+        setup, source, constants = claim_cache(setup, os.path.abspath(data) if data else dataset)
+        data_is_new = get_data(source, setup, constants, num_shards, workers)
+        derive_from_data(constants, data_is_new)
     print(f"ready: setup {setup} (MAX_SEQ_LEN={constants['MAX_SEQ_LEN']}, TIME_BUDGET={constants['TIME_BUDGET']}, "
           f"EVAL_TOKENS={constants['EVAL_TOKENS']}, VOCAB_SIZE={constants['VOCAB_SIZE']}), data {source}, "
           f"{len(training_shards())} training shard(s), cache {CACHE_DIR}")

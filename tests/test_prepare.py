@@ -1,10 +1,12 @@
 """prepare.py: downloads, local packing, tokenizer, dataloader, the metric and its error messages."""
 import errno
+import fcntl
 import http.server
 import importlib
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -232,6 +234,24 @@ def test_one_huge_file_is_split_into_documents(tmp_path, monkeypatch):
     assert sum(map(len, docs)) == len(text) + 300_000  # split, not cut: every character kept
 
 
+def test_a_few_long_documents_still_pin_one_for_validation(tmp_path, monkeypatch):
+    text = "\n\n".join(t for _, t in stdlib_documents())[:600_000]
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "long.jsonl", "w") as f:
+        for i in range(5):  # fewer documents than 1 / the validation fraction
+            f.write(json.dumps({"text": text[i * 120_000:(i + 1) * 120_000]}) + "\n")
+    cache = tmp_path / "cache"
+    run_prepare(cache, "--data", str(src), "--setup", "smoke")
+    prep = load_prepare(monkeypatch, cache)
+    assert pq.read_table(prep.validation_shard()).column("text").to_pylist() == [text[480_000:600_000]]
+    assert np.load(cache / "val_rows.npy").shape == (2**14 // 128, 129)
+
+    (src / "long.jsonl").write_text(json.dumps({"text": text}) + "\n")
+    assert_one_line_error(run_prepare(tmp_path / "cache2", "--data", str(src), "--setup", "smoke", check=False),
+                          "a single document")
+
+
 def test_disk_full_keeps_nothing_half_written(tmp_path, monkeypatch, corpus):
     prep = load_prepare(monkeypatch, tmp_path / "cache")
 
@@ -256,6 +276,56 @@ def test_a_cache_refuses_another_setup_or_dataset_and_reruns_quietly(smoke_cache
     assert_one_line_error(result, "already holds the smoke setup")
     again = run_prepare(smoke_cache)
     assert "already" in again.stdout and "ready: setup smoke" in again.stdout
+
+
+def test_a_cache_whose_data_was_deleted_keeps_its_setup_and_rebuilds_all_it_derived(tmp_path, corpus):
+    cache = tmp_path / "cache"
+    run_prepare(cache, "--data", corpus, "--setup", "smoke")
+    tokenizer = (cache / "tokenizer" / "tokenizer.tiktoken").read_bytes()
+    shutil.rmtree(cache / "data")
+    other = write_corpus(str(tmp_path / "other"), 100_000)
+    for args in (["--setup", "small"], ["--data", other]):  # nothing may sit beside the old tokenizer
+        assert_one_line_error(run_prepare(cache, *args, check=False), "already holds the smoke setup")
+        assert (cache / "tokenizer" / "tokenizer.tiktoken").read_bytes() == tokenizer  # nothing lost
+    again = run_prepare(cache, "--data", corpus)
+    assert "rebuilding" in again.stdout and "ready: setup smoke" in again.stdout
+    assert np.load(cache / "val_rows.npy").shape == (2**14 // 128, 129)
+
+
+def test_a_tokenizer_or_validation_rows_of_another_setup_are_rebuilt(tmp_path, corpus):
+    cache = tmp_path / "cache"
+    run_prepare(cache, "--data", corpus, "--setup", "smoke")
+    meta = json.loads((cache / "tokenizer" / "tokenizer.json").read_text())
+    meta["special_tokens"] = {k: v + 1 for k, v in meta["special_tokens"].items()}  # a 513-token vocabulary
+    (cache / "tokenizer" / "tokenizer.json").write_text(json.dumps(meta))
+    np.save(cache / "val_rows.npy", np.zeros((4, 65), dtype=np.uint16))  # rows of another sequence length
+    result = run_prepare(cache)
+    assert "rebuilding" in result.stdout and "validation: packing" in result.stdout
+    assert max(json.loads((cache / "tokenizer" / "tokenizer.json").read_text())["special_tokens"].values()) == 511
+    assert np.load(cache / "val_rows.npy").shape == (2**14 // 128, 129)
+
+
+def test_prepared_files_without_a_record_of_their_setup_are_refused_and_kept(smoke_cache, tmp_path, corpus):
+    cache = tmp_path / "cache"
+    shutil.copytree(smoke_cache, cache)
+    os.remove(cache / "setup.json")
+    assert_one_line_error(run_prepare(cache, "--data", corpus, "--setup", "smoke", check=False),
+                          "no record of their setup")
+    assert sorted(os.listdir(cache / "data")) == sorted(os.listdir(os.path.join(smoke_cache, "data")))
+
+
+def test_a_second_prepare_on_one_cache_waits_for_the_first(smoke_cache, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(smoke_cache, cache)
+    with open(cache / ".prepare.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a prepare is running
+        env = dict(os.environ, AUTORESEARCH_CACHE=str(cache))
+        second = subprocess.Popen([sys.executable, os.path.join(ROOT, "prepare.py")], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert "waiting: another prepare is running" in second.stdout.readline()
+        assert second.poll() is None
+    out, err = second.communicate(timeout=120)  # the first finished: the second goes on
+    assert second.returncode == 0 and "ready: setup smoke" in out, err
 
 
 def test_default_setup_is_small_without_a_gpu_and_says_so(tmp_path):
@@ -399,6 +469,7 @@ def test_dataloader_batches_shift_targets_and_start_rows_with_bos(smoke_cache, m
         assert x.shape == y.shape == (4, 64) and x.dtype == torch.long and epoch >= 1
         assert (x[:, 0] == tok.get_bos_token_id()).all()
         assert torch.equal(x[:, 1:], y[:, :-1])
+        assert x.is_contiguous() and y.is_contiguous()  # upstream's train.py calls targets.view(-1)
         assert int(x.max()) < tok.get_vocab_size()
 
 
@@ -406,16 +477,27 @@ def test_dataloader_batches_shift_targets_and_start_rows_with_bos(smoke_cache, m
 # The metric
 
 class Bigram(torch.nn.Module):
-    """A model with the interface evaluate_bpb expects, and deterministic, non-trivial outputs."""
+    """A model with the interface evaluate_bpb expects, and deterministic, non-trivial outputs. Given
+    targets it returns a loss, as train.py's model does for training: a loss of its own choosing
+    that the judge must never use."""
 
     def __init__(self, vocab):
         super().__init__()
         torch.manual_seed(0)
         self.logits = torch.nn.Parameter(torch.randn(vocab, vocab))
 
-    def forward(self, x, y, reduction="mean"):
-        logits = self.logits[x]
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1, reduction=reduction)
+    def forward(self, x, y=None, reduction="mean"):
+        if y is not None:
+            return torch.zeros(y.shape if reduction == "none" else ())  # flattering, and wrong
+        return self.logits[x]
+
+
+class Peeking(Bigram):
+    """Scores each position from the token after it as well: not causal."""
+
+    def forward(self, x, y=None, reduction="mean"):
+        ahead = torch.cat([x[:, 1:], x[:, -1:]], dim=1)
+        return self.logits[x] + self.logits[ahead]
 
 
 def test_evaluate_bpb_matches_an_independent_computation_for_any_batch_size(smoke_cache, monkeypatch):
@@ -448,3 +530,25 @@ def test_a_uniform_model_scores_log2_vocab_per_token(smoke_cache, monkeypatch):
     counted = tok.token_bytes[rows]
     expected = (counted > 0).sum() * math.log2(tok.get_vocab_size()) / counted.sum()
     assert prep.evaluate_bpb(model, tok, 16) == pytest.approx(expected, rel=1e-6)  # fp32 losses
+
+
+def test_the_judge_fails_a_model_that_sees_later_tokens_in_one_line(smoke_cache, tmp_path):
+    code = ("import sys; sys.path.insert(0, 'tests'); import prepare, test_prepare as t; "
+            "tok = prepare.Tokenizer.from_directory(); "
+            "print(prepare.evaluate_bpb(t.{model}(tok.get_vocab_size()), tok, 16))")
+    env = dict(os.environ, AUTORESEARCH_CACHE=smoke_cache)
+    honest = subprocess.run([sys.executable, "-c", code.format(model="Bigram")], cwd=ROOT, env=env,
+                            capture_output=True, text=True)
+    assert honest.returncode == 0 and float(honest.stdout) > 1, honest.stderr
+    peeking = subprocess.run([sys.executable, "-c", code.format(model="Peeking")], cwd=ROOT, env=env,
+                             capture_output=True, text=True)
+    assert_one_line_error(peeking, "not causal")
+
+
+def test_the_judge_scores_only_the_real_vocabulary_of_a_padded_model(smoke_cache, monkeypatch):
+    prep = load_prepare(monkeypatch, smoke_cache)
+    tok = prep.Tokenizer.from_directory()
+    model, padded = Bigram(tok.get_vocab_size()), Bigram(tok.get_vocab_size() + 64)
+    with torch.no_grad():
+        padded.logits[:tok.get_vocab_size(), :tok.get_vocab_size()] = model.logits
+    assert prep.evaluate_bpb(padded, tok, 32) == pytest.approx(prep.evaluate_bpb(model, tok, 32), rel=1e-6)
