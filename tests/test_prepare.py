@@ -122,7 +122,7 @@ def test_truncated_download_is_fetched_again_and_never_kept(server, tmp_path, mo
     dest2 = tmp_path / "other.parquet"
     with pytest.raises(OSError, match="not a valid parquet"):
         prep.download_file(server.endpoint + path, str(dest2), attempts=3, backoff=0.01)
-    assert not dest2.exists() and not [f for f in os.listdir(tmp_path) if ".part" in f]
+    assert not dest2.exists() and not [f for f in os.listdir(tmp_path) if ".tmp" in f]
 
 
 def test_prepare_downloads_then_reruns_as_a_no_op_and_refetches_a_corrupt_shard(server, tmp_path):
