@@ -103,6 +103,17 @@ def default_setup_name():
 
 
 @contextmanager
+def scratch_dir(path):
+    """A fresh temporary folder, removed however the block ends: a full disk gets its space back."""
+    shutil.rmtree(path, ignore_errors=True)  # left by a killed run
+    os.makedirs(path)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
 def atomic_path(path):
     """A temporary name beside path to write to; it replaces path only if the block completes, so
     an interruption or a full disk never leaves a half-written file under the real name."""
@@ -242,14 +253,12 @@ def write_shard(path, texts):
 def publish_shards(train_groups, val_docs):
     """Write training shards and the validation shard (named last) to a staging folder, then move
     it into place at once: an interrupted run never leaves a partial data folder behind."""
-    staging = DATA_DIR + ".tmp"
-    shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted run
-    os.makedirs(staging)
-    n = 0
-    for n, docs in enumerate(train_groups, 1):
-        write_shard(os.path.join(staging, f"shard_{n - 1:05d}.parquet"), docs)
-    write_shard(os.path.join(staging, f"shard_{n:05d}.parquet"), val_docs)
-    os.replace(staging, DATA_DIR)
+    with scratch_dir(DATA_DIR + ".tmp") as staging:
+        n = 0
+        for n, docs in enumerate(train_groups, 1):
+            write_shard(os.path.join(staging, f"shard_{n - 1:05d}.parquet"), docs)
+        write_shard(os.path.join(staging, f"shard_{n:05d}.parquet"), val_docs)
+        os.replace(staging, DATA_DIR)
     return n
 
 
@@ -369,23 +378,9 @@ def pack_local_corpus(path, setup, constants):
     n_train_shards = max(1, math.ceil(total_chars * (1 - val_fraction) / SHARD_CHARS))
     # Two-level shuffle with bounded memory: documents go to random buckets on disk, then each
     # bucket is shuffled in memory and becomes a shard.
-    bucket_dir = os.path.join(CACHE_DIR, "buckets.tmp")
-    shutil.rmtree(bucket_dir, ignore_errors=True)
-    os.makedirs(bucket_dir)
-    bucket_paths = [os.path.join(bucket_dir, f"{i}.jsonl") for i in range(n_train_shards)]
-    buckets = [open(p, "w") for p in bucket_paths]
     rng, val = random.Random(0), []
-    try:
-        for i, doc in enumerate(local_documents(files)):
-            if (i + 1) * n_val // n_docs > i * n_val // n_docs:
-                val.append(doc)  # the last of every n_docs / n_val documents: validation spans the corpus
-            else:
-                buckets[rng.randrange(n_train_shards)].write(json.dumps(doc) + "\n")
-    finally:
-        for b in buckets:
-            b.close()
 
-    def shuffled_buckets():
+    def shuffled_buckets(bucket_paths):
         for path in bucket_paths:
             with open(path) as f:
                 docs = [json.loads(line) for line in f]
@@ -393,8 +388,19 @@ def pack_local_corpus(path, setup, constants):
             yield docs
             os.remove(path)
 
-    publish_shards(shuffled_buckets(), val)
-    os.rmdir(bucket_dir)
+    with scratch_dir(os.path.join(CACHE_DIR, "buckets.tmp")) as bucket_dir:
+        bucket_paths = [os.path.join(bucket_dir, f"{i}.jsonl") for i in range(n_train_shards)]
+        buckets = [open(p, "w") for p in bucket_paths]
+        try:
+            for i, doc in enumerate(local_documents(files)):
+                if (i + 1) * n_val // n_docs > i * n_val // n_docs:
+                    val.append(doc)  # the last of every n_docs / n_val documents: validation spans the corpus
+                else:
+                    buckets[rng.randrange(n_train_shards)].write(json.dumps(doc) + "\n")
+        finally:
+            for b in buckets:
+                b.close()
+        publish_shards(shuffled_buckets(bucket_paths), val)
     print(f"  {n_docs:,} documents, {total_chars / 1e6:.1f}M characters: "
           f"{n_train_shards} training shard(s), {len(val):,} documents pinned for validation")
 
