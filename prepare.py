@@ -54,6 +54,12 @@ DATA_DIR = os.path.join(CACHE_DIR, "data")
 TOKENIZER_DIR = os.path.join(CACHE_DIR, "tokenizer")
 SETUP_FILE = os.path.join(CACHE_DIR, "setup.json")
 VAL_ROWS_FILE = os.path.join(CACHE_DIR, "val_rows.npy")
+# The test split: documents that neither training nor validation ever see, and rows packed from
+# them like the validation rows. Only `uv run analysis.py --confirm` scores them, by running
+# train.py with AUTORESEARCH_CONFIRM=1: the loop never sees a test number it could fit.
+TEST_SHARD = os.path.join(DATA_DIR, "test.parquet")
+TEST_ROWS_FILE = os.path.join(CACHE_DIR, "test_rows.npy")
+CONFIRM = os.environ.get("AUTORESEARCH_CONFIRM") == "1"
 
 # Hugging Face honours HF_ENDPOINT for mirrors; so do we (tests point it at a local server).
 HF_ENDPOINT = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
@@ -61,10 +67,10 @@ DATASETS = {
     "fineweb-edu": dict(repo="karpathy/fineweb-edu-100b-shuffle", shards=1823),
     "climbmix": dict(repo="karpathy/climbmix-400b-shuffle", shards=6543),
     # One pre-shuffled file of 2.7M stories. Its authors keep rows 0-9,999 as test and suggest
-    # 10,000-19,999 for validation; we validate on rows 10,000-109,999 (enough tokens for any setup)
-    # and train on the rest.
+    # 10,000-19,999 for validation; we test on rows 0-9,999 too, validate on rows 10,000-109,999
+    # (enough tokens for any setup) and train on the rest.
     "tinystories": dict(repo="karpathy/tinystories-gpt4-clean", file="tinystories_gpt4_clean.parquet",
-                        val_rows=(10_000, 110_000)),
+                        test_rows=(0, 10_000), val_rows=(10_000, 110_000)),
 }
 
 SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
@@ -215,12 +221,14 @@ def hf_url(repo, filename):
 
 
 def download_shards(dataset, num_shards, workers):
-    """Download num_shards training shards and the pinned validation shard (the dataset's last)."""
+    """Download num_shards training shards, the pinned validation shard (the dataset's last) and
+    the test shard (the one before it), which training never reads."""
     info = DATASETS[dataset]
-    if not 1 <= num_shards < info["shards"]:
-        raise PrepareError(f"--num-shards must be between 1 and {info['shards'] - 1} for {dataset}")
-    names = [f"shard_{i:05d}.parquet" for i in [info["shards"] - 1, *range(num_shards)]]
+    if not 1 <= num_shards < info["shards"] - 1:
+        raise PrepareError(f"--num-shards must be between 1 and {info['shards'] - 2} for {dataset}")
+    names = [f"shard_{i:05d}.parquet" for i in [info["shards"] - 1, info["shards"] - 2, *range(num_shards)]]
     paths = [os.path.join(DATA_DIR, n) for n in names]
+    paths[1] = TEST_SHARD
     with ThreadPoolExecutor(max_workers=workers) as pool:
         present = list(pool.map(verify_parquet, paths))
     todo = [(hf_url(info["repo"], n), p) for n, p, ok in zip(names, paths, present) if not ok]
@@ -250,27 +258,32 @@ def write_shard(path, texts):
         pq.write_table(pa.table({"text": texts}), tmp, row_group_size=ROW_GROUP_SIZE, compression="zstd")
 
 
-def publish_shards(train_groups, val_docs):
-    """Write training shards and the validation shard (named last) to a staging folder, then move
-    it into place at once: an interrupted run never leaves a partial data folder behind."""
+def publish_shards(train_groups, val_docs, test_docs):
+    """Write training shards, the validation shard (named last) and the test shard to a staging
+    folder, then move it into place at once: an interrupted run leaves no partial data folder."""
     with scratch_dir(DATA_DIR + ".tmp") as staging:
         n = 0
         for n, docs in enumerate(train_groups, 1):
             write_shard(os.path.join(staging, f"shard_{n - 1:05d}.parquet"), docs)
         write_shard(os.path.join(staging, f"shard_{n:05d}.parquet"), val_docs)
+        write_shard(os.path.join(staging, os.path.basename(TEST_SHARD)), test_docs)
         os.replace(staging, DATA_DIR)
     return n
 
 
-def repack_tinystories():
-    """TinyStories is one file: split it into the shard layout, validation rows pinned last."""
+def tinystories_texts():
     info = DATASETS["tinystories"]
     raw = os.path.join(CACHE_DIR, info["file"])
     fetch_first(hf_url(info["repo"], info["file"]), raw)
-    texts = pq.read_table(raw, columns=["text"]).column("text").to_pylist()
-    lo, hi = info["val_rows"]
+    return pq.read_table(raw, columns=["text"]).column("text").to_pylist()
+
+
+def repack_tinystories():
+    """TinyStories is one file: split it into the shard layout, validation rows pinned last."""
+    texts, (lo, hi), (test_lo, test_hi) = tinystories_texts(), *(DATASETS["tinystories"][k] for k in ("val_rows", "test_rows"))
     train, per_shard = texts[hi:], 250_000
-    publish_shards((train[i:i + per_shard] for i in range(0, len(train), per_shard)), texts[lo:hi])
+    publish_shards((train[i:i + per_shard] for i in range(0, len(train), per_shard)), texts[lo:hi],
+                   texts[test_lo:test_hi])
 
 
 # ---------------------------------------------------------------------------
@@ -371,14 +384,14 @@ def pack_local_corpus(path, setup, constants):
     # Validation: enough text for the setup's evaluation tokens (about 4 characters a token, doubled
     # for what packing crops), at most a tenth of the corpus; evaluation repeats it if it is short.
     val_fraction = min(0.1, 8 * constants["EVAL_TOKENS"] / total_chars)
-    if n_docs < 2:
-        raise PrepareError(f"--data {path} holds a single document; validation needs one of its own: "
-                           f"split it into several files or .jsonl records")
+    if n_docs < 3:
+        raise PrepareError(f"--data {path} holds {n_docs} document(s); training, validation and test need "
+                           f"one each at least: split it into several files or .jsonl records")
     n_val = max(1, round(n_docs * val_fraction))  # at least one, however few and long the documents
     n_train_shards = max(1, math.ceil(total_chars * (1 - val_fraction) / SHARD_CHARS))
     # Two-level shuffle with bounded memory: documents go to random buckets on disk, then each
     # bucket is shuffled in memory and becomes a shard.
-    rng, val = random.Random(0), []
+    rng, val, test = random.Random(0), [], []
 
     def shuffled_buckets(bucket_paths):
         for path in bucket_paths:
@@ -393,16 +406,20 @@ def pack_local_corpus(path, setup, constants):
         buckets = [open(p, "w") for p in bucket_paths]
         try:
             for i, doc in enumerate(local_documents(files)):
+                # the last of every n_docs / n_val documents is for validation and the one before it
+                # for test: both spread evenly over the corpus, and of about the same size
                 if (i + 1) * n_val // n_docs > i * n_val // n_docs:
-                    val.append(doc)  # the last of every n_docs / n_val documents: validation spans the corpus
+                    val.append(doc)
+                elif (i + 2) * n_val // n_docs > (i + 1) * n_val // n_docs:
+                    test.append(doc)
                 else:
                     buckets[rng.randrange(n_train_shards)].write(json.dumps(doc) + "\n")
         finally:
             for b in buckets:
                 b.close()
-        publish_shards(shuffled_buckets(bucket_paths), val)
+        publish_shards(shuffled_buckets(bucket_paths), val, test)
     print(f"  {n_docs:,} documents, {total_chars / 1e6:.1f}M characters: "
-          f"{n_train_shards} training shard(s), {len(val):,} documents pinned for validation")
+          f"{n_train_shards} training shard(s), {len(val):,} documents pinned for validation and {len(test):,} for test")
 
 
 # ---------------------------------------------------------------------------
@@ -508,7 +525,7 @@ def validation_shard():
 
 def document_batches(tokenizer, split):
     """Forever: (tokenized documents, each starting with BOS; epoch), one row group at a time."""
-    paths = training_shards() if split == "train" else [validation_shard()]
+    paths = {"train": training_shards, "val": lambda: [validation_shard()], "test": lambda: [TEST_SHARD]}[split]()
     bos = tokenizer.get_bos_token_id()
     epoch = 1
     while True:
@@ -645,22 +662,19 @@ def peak_memory_mb(device):
 # ---------------------------------------------------------------------------
 # Evaluation: the metric
 
-def build_val_rows(tokenizer, eval_tokens, seq_len):
-    """The evaluation tokens, fixed once per cache: the first eval_tokens // seq_len packed rows of
-    the validation shard (repeating it if it is short)."""
+def build_eval_rows(tokenizer, split, path, eval_tokens, seq_len):
+    """Evaluation tokens, fixed once per cache: the first eval_tokens // seq_len packed rows of the
+    split's shard (repeating it if it is short)."""
     n_rows = eval_tokens // seq_len
-    rows = packed_rows(document_batches(tokenizer, "val"), tokenizer.get_bos_token_id(), seq_len)
+    rows = packed_rows(document_batches(tokenizer, split), tokenizer.get_bos_token_id(), seq_len)
     out = np.empty((n_rows, seq_len + 1), dtype=np.uint16 if tokenizer.get_vocab_size() <= 65536 else np.int32)
     epoch = 1
     for i in range(n_rows):
         out[i], epoch = next(rows)
     if epoch > 1:
-        print(f"  warning: the validation shard is shorter than {eval_tokens:,} tokens; evaluation repeats it")
-    with atomic_path(VAL_ROWS_FILE) as tmp, open(tmp, "wb") as f:
+        print(f"  warning: the {split} shard is shorter than {eval_tokens:,} tokens; evaluation repeats it")
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, out)
-
-
-_val_rows = None
 
 
 @torch.no_grad()
@@ -670,16 +684,24 @@ def evaluate_bpb(model, tokenizer, batch_size):
     the cross-entropy itself from the logits `model(x)` returns for the inputs alone, so no code in
     train.py decides what is scored, and it checks once that those logits are causal. Which tokens
     are scored is fixed by the setup; batch_size only sets speed (the last batch is padded with
-    ignored targets so a compiled model sees one shape)."""
-    global _val_rows
+    ignored targets so a compiled model sees one shape). In confirmation mode (AUTORESEARCH_CONFIRM=1,
+    set by `uv run analysis.py --confirm`) the test rows are scored too, and printed as test_bpb."""
     require_prepared()
-    if _val_rows is None:
-        _val_rows = np.load(VAL_ROWS_FILE, allow_pickle=False)
+    val_bpb = rows_bpb(model, tokenizer, batch_size, np.load(VAL_ROWS_FILE, allow_pickle=False), check=True)
+    if CONFIRM:
+        if not os.path.exists(TEST_ROWS_FILE):
+            sys.exit(f"error: {CACHE_DIR} has no test split to confirm on; prepare a new cache (AUTORESEARCH_CACHE=<new folder>)")
+        test_bpb = rows_bpb(model, tokenizer, batch_size, np.load(TEST_ROWS_FILE, allow_pickle=False))
+        print(f"test_bpb:         {test_bpb:.6f}")
+    return val_bpb
+
+
+def rows_bpb(model, tokenizer, batch_size, rows, check=False):
     device = next(model.parameters()).device
     token_bytes = torch.from_numpy(tokenizer.token_bytes).to(device)
     nats, nbytes = 0.0, 0  # summed in Python's double precision (MPS has no float64)
-    for start in range(0, len(_val_rows), batch_size):
-        chunk = torch.from_numpy(_val_rows[start:start + batch_size].astype(np.int64))
+    for start in range(0, len(rows), batch_size):
+        chunk = torch.from_numpy(rows[start:start + batch_size].astype(np.int64))
         x, y = chunk[:, :-1], chunk[:, 1:]
         if len(chunk) < batch_size:
             pad = batch_size - len(chunk)
@@ -690,7 +712,7 @@ def evaluate_bpb(model, tokenizer, batch_size):
         counted = token_bytes[y.clamp(min=0)] * (y >= 0)  # bytes per target: 0 for specials and padding
         nats += summed_cross_entropy(logits, y, counted > 0)
         nbytes += counted.sum().item()
-        if start == 0:
+        if check and start == 0:
             check_causal(model, x, logits)
     return nats / (math.log(2) * nbytes)
 
@@ -789,6 +811,9 @@ def get_data(source, setup, constants, num_shards, workers):
         return False
     if has_data():
         print(f"data: already in {DATA_DIR}")
+        if source == "tinystories" and not os.path.exists(TEST_SHARD):  # packed before test splits existed
+            lo, hi = DATASETS["tinystories"]["test_rows"]
+            write_shard(TEST_SHARD, tinystories_texts()[lo:hi])
         return False
     if source == "tinystories":
         repack_tinystories()
@@ -805,9 +830,9 @@ def tokenizer_vocab_size():
         return None
 
 
-def val_rows_shape():
+def rows_shape(path):
     try:
-        return np.load(VAL_ROWS_FILE, mmap_mode="r", allow_pickle=False).shape
+        return np.load(path, mmap_mode="r", allow_pickle=False).shape
     except (OSError, ValueError):
         return None
 
@@ -818,14 +843,19 @@ def derive_from_data(constants, data_is_new):
     if data_is_new or tokenizer_vocab_size() != constants["VOCAB_SIZE"]:
         if os.path.exists(TOKENIZER_DIR):
             print("tokenizer: the one in the cache does not belong to this data or setup; rebuilding it")
-        if os.path.exists(VAL_ROWS_FILE):
-            os.remove(VAL_ROWS_FILE)  # first: its presence marks the cache complete
+        for path in (VAL_ROWS_FILE, TEST_ROWS_FILE):  # validation first: its presence marks the cache complete
+            if os.path.exists(path):
+                os.remove(path)
         shutil.rmtree(TOKENIZER_DIR, ignore_errors=True)
         train_tokenizer(constants["VOCAB_SIZE"])
-    n_rows, seq_len = constants["EVAL_TOKENS"] // constants["MAX_SEQ_LEN"], constants["MAX_SEQ_LEN"]
-    if val_rows_shape() != (n_rows, seq_len + 1):
-        print(f"validation: packing {constants['EVAL_TOKENS']:,} tokens", flush=True)
-        build_val_rows(load_tokenizer(), constants["EVAL_TOKENS"], seq_len)
+    eval_tokens, seq_len = constants["EVAL_TOKENS"], constants["MAX_SEQ_LEN"]
+    for split, path in (("val", VAL_ROWS_FILE), ("test", TEST_ROWS_FILE)):
+        if split == "test" and not os.path.exists(TEST_SHARD):
+            print("test: none; this data was packed before test splits existed, and `uv run analysis.py "
+                  "--confirm` needs a cache prepared anew (AUTORESEARCH_CACHE=<new folder>)")
+        elif rows_shape(path) != (eval_tokens // seq_len, seq_len + 1):
+            print(f"{'validation' if split == 'val' else 'test'}: packing {eval_tokens:,} tokens", flush=True)
+            build_eval_rows(load_tokenizer(), split, path, eval_tokens, seq_len)
 
 
 def prepare(dataset, data, num_shards, workers, setup):

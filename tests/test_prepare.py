@@ -6,6 +6,7 @@ import importlib
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -92,7 +93,8 @@ def server(tmp_path):
     files = {
         f"{repo}/shard_00000.parquet": parquet_bytes(tmp_path, docs[0::3], "a.parquet"),
         f"{repo}/shard_00001.parquet": parquet_bytes(tmp_path, docs[1::3], "b.parquet"),
-        f"{repo}/shard_01822.parquet": parquet_bytes(tmp_path, docs[2::3], "c.parquet"),
+        f"{repo}/shard_01821.parquet": parquet_bytes(tmp_path, docs[2::6], "c.parquet"),  # test
+        f"{repo}/shard_01822.parquet": parquet_bytes(tmp_path, docs[5::6], "d.parquet"),  # validation
     }
     srv = ShardServer(files)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
@@ -130,13 +132,27 @@ def test_prepare_downloads_then_reruns_as_a_no_op_and_refetches_a_corrupt_shard(
     env = {"HF_ENDPOINT": server.endpoint}
     result = run_with_env(cache, env, "--num-shards", "2", "--setup", "smoke")
     assert result.returncode == 0, result.stderr
-    assert sorted(os.listdir(cache / "data")) == ["shard_00000.parquet", "shard_00001.parquet", "shard_01822.parquet"]
+    assert sorted(os.listdir(cache / "data")) == ["shard_00000.parquet", "shard_00001.parquet", "shard_01822.parquet",
+                                                  "test.parquet"]
     assert "ready: setup smoke" in result.stdout and "2 training shard(s)" in result.stdout
+    assert (cache / "data" / "test.parquet").read_bytes() == server.files[
+        "/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main/shard_01821.parquet"]
+    test_rows = (cache / "test_rows.npy").read_bytes()
     hits = dict(server.hits)
 
     again = run_with_env(cache, env, "--num-shards", "2")
     assert again.returncode == 0 and server.hits == hits  # nothing fetched twice
-    assert "3 of 3 shards" in again.stdout
+    assert "4 of 4 shards" in again.stdout
+
+    # a cache from before test splits: the next prepare fetches the test shard and touches nothing else
+    os.remove(cache / "data" / "test.parquet")
+    os.remove(cache / "test_rows.npy")
+    before = {f: (cache / f).read_bytes() for f in ("val_rows.npy", "tokenizer/tokenizer.tiktoken", "data/shard_00000.parquet")}
+    upgraded = run_with_env(cache, env, "--num-shards", "2")
+    assert upgraded.returncode == 0 and "test: packing" in upgraded.stdout, upgraded.stderr
+    assert (cache / "test_rows.npy").read_bytes() == test_rows
+    assert before == {f: (cache / f).read_bytes() for f in before}
+    hits = dict(server.hits)
 
     shard = cache / "data" / "shard_00001.parquet"
     shard.write_bytes(shard.read_bytes()[:-100])  # damaged on disk
@@ -234,6 +250,51 @@ def test_one_huge_file_is_split_into_documents(tmp_path, monkeypatch):
     assert sum(map(len, docs)) == len(text) + 300_000  # split, not cut: every character kept
 
 
+def split_documents(prep):
+    def texts(paths):
+        return [t for p in paths for t in pq.read_table(p).column("text").to_pylist()]
+    return texts(prep.training_shards()), texts([prep.validation_shard()]), texts([prep.TEST_SHARD])
+
+
+def test_data_splits_share_no_document_and_the_test_rows_stay_frozen(smoke_cache, tmp_path, monkeypatch, corpus):
+    prep = load_prepare(monkeypatch, smoke_cache)
+    train, val, test = split_documents(prep)
+    assert val and test and abs(len(val) - len(test)) <= 1  # two even samples of the same size
+    assert not (set(train) & set(val) or set(train) & set(test) or set(val) & set(test))
+    test_rows = np.load(prep.TEST_ROWS_FILE)
+    assert test_rows.shape == np.load(prep.VAL_ROWS_FILE).shape and not np.array_equal(test_rows, np.load(prep.VAL_ROWS_FILE))
+    cache = tmp_path / "cache"
+    shutil.copytree(smoke_cache, cache)
+    run_prepare(cache, "--data", corpus)
+    assert np.array_equal(np.load(cache / "test_rows.npy"), test_rows)  # a second prepare leaves them be
+
+
+def test_a_cache_packed_before_test_splits_says_so_and_keeps_everything(smoke_cache, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(smoke_cache, cache)
+    os.remove(cache / "data" / "test.parquet")
+    os.remove(cache / "test_rows.npy")
+    before = {f: (cache / f).read_bytes() for f in ("val_rows.npy", "tokenizer/tokenizer.tiktoken", "data/shard_00000.parquet")}
+    result = run_prepare(cache)
+    assert "test: none" in result.stdout and "--confirm` needs a cache prepared anew" in result.stdout
+    assert before == {f: (cache / f).read_bytes() for f in before} and not (cache / "test_rows.npy").exists()
+
+
+def test_the_judge_scores_the_test_rows_only_in_confirmation_mode(smoke_cache):
+    code = ("import sys; sys.path.insert(0, 'tests'); import prepare, test_prepare as t; "
+            "tok = prepare.Tokenizer.from_directory(); "
+            "print('val_bpb', prepare.evaluate_bpb(t.Bigram(tok.get_vocab_size()), tok, 16))")
+    runs = {}
+    for confirm in ("0", "1"):
+        env = dict(os.environ, AUTORESEARCH_CACHE=smoke_cache, AUTORESEARCH_CONFIRM=confirm)
+        runs[confirm] = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+        assert runs[confirm].returncode == 0, runs[confirm].stderr
+    assert "test_bpb" not in runs["0"].stdout
+    lines = runs["1"].stdout.splitlines()
+    assert re.fullmatch(r"test_bpb: +\d+\.\d{6}", lines[0]) and lines[1] == runs["0"].stdout.strip()
+    assert float(lines[0].split()[1]) != float(lines[1].split()[1])  # other tokens, another number
+
+
 def test_a_few_long_documents_still_pin_one_for_validation(tmp_path, monkeypatch):
     text = "\n\n".join(t for _, t in stdlib_documents())[:600_000]
     src = tmp_path / "src"
@@ -249,7 +310,7 @@ def test_a_few_long_documents_still_pin_one_for_validation(tmp_path, monkeypatch
 
     (src / "long.jsonl").write_text(json.dumps({"text": text}) + "\n")
     assert_one_line_error(run_prepare(tmp_path / "cache2", "--data", str(src), "--setup", "smoke", check=False),
-                          "a single document")
+                          "holds 1 document(s)")
 
 
 def test_disk_full_keeps_nothing_half_written(tmp_path, monkeypatch, corpus):
