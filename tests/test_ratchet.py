@@ -220,6 +220,7 @@ def test_following_program_md_keeps_only_improvements(agent):
 
     # 4. a committed change to prepare.py: the judge check fails until it is restored
     (repo / "prepare.py").write_text((repo / "prepare.py").read_text().replace("TIME_BUDGET=5,", "TIME_BUDGET=50,"))
+    set_learning_rates(repo / "train.py", 0.9)
     subprocess.run("git add prepare.py train.py && git commit -qm 'sneaky'", shell=True, cwd=repo,
                    check=True, env=agent.env)
     judge = agent("Check the judge")
