@@ -1,6 +1,9 @@
-"""Summarise an autoresearch run: read results.tsv, print a summary, draw progress.png.
+"""Summarise an autoresearch run: read results.tsv, print a summary, draw progress.png; and the
+two loop commands program.md gives the agent (Decide and Log).
 
-    uv run analysis.py [results.tsv] [--json] [--no-png]
+    uv run analysis.py [results.tsv ...] [--json] [--no-png]
+    uv run analysis.py --decide
+    uv run analysis.py --log keep|discard|crash  < description
 
 The log is tab-separated with the header `commit val_bpb memory_gb status description`,
 status keep, discard or crash (crashes carry val_bpb 0.000000 and memory_gb 0.0).
@@ -13,14 +16,25 @@ object on stdout instead. Warnings (a missing file aside, which is an error) go 
 
 progress.png is written next to the log (so `uv run analysis.py runs/a/results.tsv` writes
 runs/a/progress.png), with or without --json; `--no-png` skips it.
+
+Several logs (one per GPU worktree): `uv run analysis.py worktrees/*/results.tsv`, or no argument
+at all, which reads results.tsv and every worktrees/*/results.tsv that exist. Each log gets its
+summary, then one overall line; one chart, progress.png in the current folder, has a series per
+log. `--json` then prints {"logs": [one summary per log], "total", "counts", "best"}.
+
+--decide and --log implement program.md's rule; see decide() below.
 """
 
 import argparse
 import csv
+import glob
+import hashlib
 import json
 import math
 import os
+import re
 import statistics
+import subprocess
 import sys
 
 HEADER = ["commit", "val_bpb", "memory_gb", "status", "description"]
@@ -251,31 +265,409 @@ def plot(rows, summary, png_path):
     plt.close(fig)
 
 
+# ---------------------------------------------------------------------------
+# The loop's two commands: Decide and Log (program.md states the rule in words)
+
+NOISE_FLOOR = 0.0005  # the noise is never taken below this
+SPOILED = 0.5         # fewer steps and lower MFU than this fraction of the baseline's: a starved run
+STATE = "autoresearch-state.json"  # in the git folder (per worktree): baseline steps, a pending re-run
+
+
+def read_run(path="run.log"):
+    """What run.log says: the summary numbers, and how the run ended. None when there is no run.log."""
+    try:
+        data = open(path, "rb").read()
+    except OSError:
+        return None
+    text = data.decode("utf-8", "replace").replace("\r", "\n")
+    run = {"sha": hashlib.sha1(data).hexdigest()}
+    for key in ("val_bpb", "peak_vram_mb", "num_steps", "mfu_percent", "total_seconds", "training_seconds"):
+        found = re.findall(rf"^{key}:\s+([-+0-9.eE]+|nan|inf)\s*$", text, re.M)
+        run[key] = float(found[-1]) if found else None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    run["timeout"] = next((l for l in lines if l.startswith("TIMEOUT")), None)
+    run["killed"] = next((l for l in lines if l.startswith("KILLED")), None)
+    run["fail"] = next((l for l in lines if l.startswith("FAIL")), None)
+    run["ended"] = any(l.startswith("run ended") for l in lines)
+    run["traceback"] = "Traceback (most recent call last)" in text
+    run["oom"] = "out of memory" in text.lower()
+    errors = [l for l in lines if not l.startswith(("step ", "run ended"))]
+    run["error"] = errors[-1][:200] if errors else ""
+    if run["val_bpb"] is not None and not math.isfinite(run["val_bpb"]):
+        run["val_bpb"] = None
+    return run
+
+
+def crashed(run):
+    return run["val_bpb"] is None or bool(run["timeout"] or run["fail"])
+
+
+def git_out(*args):
+    r = subprocess.run(["git", *args], capture_output=True, text=True)
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def state_file():
+    gitdir = git_out("rev-parse", "--git-dir")
+    return os.path.join(gitdir, STATE) if gitdir else None
+
+
+def load_state():
+    try:
+        with open(state_file()) as f:
+            return json.load(f)
+    except (OSError, TypeError, ValueError):
+        return {}
+
+
+def save_state(state):
+    path = state_file()
+    if path:
+        with open(path, "w") as f:
+            json.dump(state, f, indent=1)
+
+
+def lines_changed(since):
+    """(added, deleted) lines of train.py from the commit `since` to HEAD, or None."""
+    out = since and git_out("diff", "--numstat", since, "HEAD", "--", "train.py")
+    if not out:
+        return None if out is None else (0, 0)
+    added, deleted = out.split()[:2]
+    return (int(added), int(deleted)) if added.isdigit() and deleted.isdigit() else None
+
+
+def decide(rows, run, head, state, changed=None):
+    """program.md's rule, applied to the log so far and this run.log. Returns a dict with
+    `decision` (keep, discard, rerun, crash; None when there is nothing to decide), the numbers,
+    `value` (what Log writes: the mean of a re-run pair), `next` (what to do) and the state to save."""
+    state = json.loads(json.dumps(state))  # a copy: Log judges without saving
+    d = {"decision": None, "best": None, "noise": None, "gain": None, "value": None, "pair": None,
+         "why": "", "next": "", "state": state, "head": head}
+    if run is None:
+        d["next"] = "there is no run.log: Run first."
+        return d
+    if run["sha"] in state.get("logged", []):
+        d["next"] = ("this run.log is already logged in results.tsv: nothing to decide. Go on with the loop "
+                     "(after a keep the commit stays; after anything else Discard, if not done yet).")
+        return d
+    done = [r for r in rows if r["status"] != "crash"]
+    baseline = len(done) < 2
+    if run["killed"] and run["val_bpb"] is None:
+        d["decision"] = "rerun"
+        d["why"] = f"the run was stopped from outside ({run['killed']}): not the code's fault"
+        d["next"] = ("don't log it. Run again, with your tool's timeout at 10 minutes (600000 ms), "
+                     "or with Run in the background and Poll.")
+        return d
+    if run["val_bpb"] is None and not (run["ended"] or run["timeout"] or run["fail"] or run["traceback"]):
+        d["next"] = ("run.log has no result and no end line yet: the run is still going (Poll until it "
+                     "prints `run ended`), or it was cut off from outside (then Run it again).")
+        return d
+    if crashed(run):
+        d["decision"] = "crash"
+        d["why"] = (run["timeout"] or run["fail"] or
+                    ("out of memory" if run["oom"] else run["error"] or "no val_bpb in run.log"))
+        if baseline:
+            d["next"] = ("the baseline crashed: Log it as crash (it never becomes the bar), then make it run: "
+                         "out of memory, lower DEVICE_BATCH_SIZE for this setup in train.py (halve it); "
+                         "anything else, fix what the traceback says. Commit, Run, Decide.")
+        else:
+            d["next"] = ("Log it as crash. A trivial mistake (typo, import, shape): fix it, Amend, "
+                         "Run again (at most 2 fixes per idea). Otherwise Discard.")
+        return d
+    value = run["val_bpb"]
+    d["value"] = value
+    if baseline:
+        d["decision"] = "keep"
+        if not done:
+            d["why"] = "baseline, run 1 of 2"
+            d["next"] = "Log it as keep, description `baseline`; then Run again (no edit, no commit) and Decide."
+            state["baseline_runs"] = {run["sha"]: [run["num_steps"], run["mfu_percent"]]}
+        else:
+            d["noise"] = max(abs(done[0]["val_bpb"] - value), NOISE_FLOOR)
+            d["best"] = (done[0]["val_bpb"] + value) / 2
+            d["why"] = "baseline, run 2 of 2: the bar is the mean of both runs"
+            d["next"] = "Log it as keep, description `baseline run 2`; then start the loop."
+            state.setdefault("baseline_runs", {})[run["sha"]] = [run["num_steps"], run["mfu_percent"]]
+        return d
+
+    b1, b2 = done[0]["val_bpb"], done[1]["val_bpb"]
+    d["noise"] = noise = max(abs(b1 - b2), NOISE_FLOOR)
+    best, best_row = (b1 + b2) / 2, None
+    after = rows[rows.index(done[1]) + 1:]
+    for r in after:
+        if r["status"] == "keep" and r["val_bpb"] < best:
+            best, best_row = r["val_bpb"], r
+    d["best"], d["best_row"] = best, best_row
+    kept = [r for r in rows if r["status"] == "keep"]
+    last_kept = kept[-1]["commit"] if kept else None
+    if head and last_kept and (head.startswith(last_kept) or last_kept.startswith(head)):
+        d["next"] = ("HEAD is the last kept commit: this run measured no change. Edit train.py and Commit "
+                     "before you Run.")
+        return d
+
+    ref = list((state.get("baseline_runs") or {}).values())
+    ref_steps = [x[0] for x in ref if x[0]]
+    ref_mfu = [x[1] for x in ref if x[1]]
+    spoiled = state.get("spoiled") or {}
+    if (ref_steps and run["num_steps"] is not None
+            and run["num_steps"] < SPOILED * statistics.mean(ref_steps)
+            and (not ref_mfu or run["mfu_percent"] is None or run["mfu_percent"] < SPOILED * statistics.mean(ref_mfu))
+            and (spoiled.get("commit") != head or spoiled.get("sha") == run["sha"])):
+        d["decision"] = "rerun"
+        d["why"] = (f"spoiled: {run['num_steps']:.0f} steps against the baseline's {statistics.mean(ref_steps):.0f} "
+                    f"(and a lower MFU): something else slowed the machine")
+        d["next"] = ("don't log it. Run again (same commit), then Decide. (If this commit is that slow again, "
+                     "Decide judges it as it is.)")
+        state["spoiled"] = {"commit": head, "sha": run["sha"]}
+        return d
+
+    pending = state.get("pending") or {}
+    if pending.get("commit") == head and pending.get("sha") != run["sha"]:
+        d["pair"] = (pending["val_bpb"], value)
+        value = d["value"] = (pending["val_bpb"] + value) / 2
+    d["gain"] = gain = best - value
+    simpler = changed is not None and changed[1] > changed[0]
+    if gain > noise:
+        d["decision"], d["why"] = "keep", "gain above the noise"
+    elif simpler and gain >= -noise:
+        d["decision"] = "keep"
+        d["why"] = f"simpler: train.py is {changed[1] - changed[0]} lines shorter, and the loss is within the noise"
+    elif d["pair"]:
+        d["decision"] = "keep" if gain > 0 else "discard"
+        d["why"] = f"the mean of the two runs {'beats' if gain > 0 else 'does not beat'} the best"
+    elif gain > 0:
+        d["decision"], d["why"] = "rerun", "a gain within the noise: it needs a second run"
+        d["next"] = "don't log it. Run again (no edit, no commit), then Decide: the mean of both runs decides."
+        state["pending"] = {"commit": head, "val_bpb": run["val_bpb"], "sha": run["sha"]}
+        return d
+    else:
+        d["decision"], d["why"] = "discard", "no gain"
+    if d["decision"] == "keep":
+        d["next"] = "Log it as keep. The commit stays: the branch has advanced."
+    else:
+        d["next"] = "Log it as discard, then Discard."
+    return d
+
+
+def loop_inputs(log):
+    rows = read_log(log)[0] if os.path.exists(log) else []
+    head = git_out("rev-parse", "--short=7", "HEAD")
+    kept = [r["commit"] for r in rows if r["status"] == "keep"]
+    return rows, read_run(), head, load_state(), lines_changed(kept[-1] if kept else None)
+
+
+def cmd_decide(log):
+    rows, run, head, state, changed = loop_inputs(log)
+    d = decide(rows, run, head, state, changed)
+    if run is not None and (run["val_bpb"] is not None or d["decision"]):
+        parts = [f"val_bpb {run['val_bpb']:.6f}" if run["val_bpb"] is not None else "no val_bpb"]
+        if run["num_steps"] is not None:
+            parts.append(f"{run['num_steps']:.0f} steps")
+        if run["peak_vram_mb"] is not None:
+            parts.append(f"{run['peak_vram_mb'] / 1024:.1f} GB")
+        if run["total_seconds"] is not None:
+            parts.append(f"{run['total_seconds']:.0f} s in all")
+        print(f"run:      {', '.join(parts)} (commit {head})")
+    if d["pair"]:
+        print(f"pair:     mean of {d['pair'][0]:.6f} and {d['pair'][1]:.6f} = {d['value']:.6f}")
+    if d["best"] is not None:
+        where = (f"commit {d['best_row']['commit']}" if d.get("best_row") else "the mean of the baseline's two runs")
+        print(f"best:     {d['best']:.6f} ({where})")
+    if d["noise"] is not None:
+        print(f"noise:    {d['noise']:.6f}")
+    if d["gain"] is not None:
+        print(f"gain:     {d['gain']:+.6f} (best - this run; above the noise keeps)")
+    if d["decision"]:
+        print(f"decision: {d['decision']}")
+        print(f"why:      {d['why']}")
+    print(f"next:     {d['next']}")
+    save_state(d["state"])
+    return 0 if d["decision"] else 1
+
+
+def cmd_log(log, status, description):
+    status = status.strip().lower()
+    if status == "rerun":
+        print("error: a rerun is not logged: Run again, then Decide", file=sys.stderr)
+        return 1
+    if status not in STATUSES:
+        print(f"error: status {status!r} is not keep, discard or crash", file=sys.stderr)
+        return 1
+    description = " ".join(description.replace("\t", " ").split()) or "(no description)"
+    rows, run, head, state, changed = loop_inputs(log)
+    if run is None:
+        print("error: there is no run.log to log", file=sys.stderr)
+        return 1
+    if run["sha"] in state.get("logged", []):
+        print("error: this run.log is already logged in results.tsv", file=sys.stderr)
+        return 1
+    d = decide(rows, run, head, state, changed)
+    if crashed(run) or status == "crash":
+        if status != "crash":
+            print(f"note: run.log has no val_bpb ({d['why'] or 'crash'}): logged as crash, not {status}")
+        status, value, memory = "crash", 0.0, 0.0
+    else:
+        value = d["value"] if d["value"] is not None else run["val_bpb"]
+        memory = (run["peak_vram_mb"] or 0.0) / 1024
+        if d["pair"]:
+            description += f" (mean of 2 runs: {d['pair'][0]:.6f} {d['pair'][1]:.6f})"
+    if not os.path.exists(log) or os.path.getsize(log) == 0:
+        with open(log, "w") as f:
+            f.write("\t".join(HEADER) + "\n")
+    row = f"{head}\t{value:.6f}\t{memory:.1f}\t{status}\t{description}"
+    with open(log, "a") as f:
+        f.write(row + "\n")
+    print(row)
+    state = load_state()
+    if d["why"].startswith("baseline"):
+        state["baseline_runs"] = d["state"]["baseline_runs"]
+    state["logged"] = (state.get("logged", []) + [run["sha"]])[-50:]
+    if (state.get("pending") or {}).get("commit") == head:
+        state.pop("pending")
+    save_state(state)
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# Several logs, one per GPU worktree
+
+def default_logs():
+    found = sorted(glob.glob(os.path.join("worktrees", "*", "results.tsv")))
+    return (["results.tsv"] if os.path.exists("results.tsv") or not found else []) + found
+
+
+def series_name(path):
+    parent = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    return parent or path
+
+
+def plot_many(logs, png_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(14, 7), dpi=120)
+    colors = plt.get_cmap("tab10").colors
+    total = kept = 0
+    vals = []
+    for i, (path, rows, summary) in enumerate(logs):
+        color, name = colors[i % len(colors)], series_name(path)
+        total += summary["total"]
+        kept += summary["counts"]["keep"]
+        base = summary["baseline"]
+        if base is None:
+            ax.plot([], [], color=color, label=f"{name}: no completed run")
+            continue
+        disc = [r for r in rows if r["status"] == "discard"]
+        ax.scatter([r["index"] for r in disc], [r["val_bpb"] for r in disc], s=16, color=color,
+                   alpha=0.25, linewidths=0, zorder=2)
+        good = [r for r in rows if r["status"] == "keep"]
+        ax.scatter([r["index"] for r in good], [r["val_bpb"] for r in good], s=40, color=color,
+                   edgecolors="white", linewidths=0.8, zorder=4)
+        xs, ys = [base["index"]], [base["val_bpb"]]
+        for r in good:
+            if r["index"] > base["index"] and r["val_bpb"] < ys[-1]:
+                xs.append(r["index"])
+                ys.append(r["val_bpb"])
+        xs.append(rows[-1]["index"] + 0.5)
+        ys.append(ys[-1])
+        ax.step(xs, ys, where="post", color=color, linewidth=2.0, zorder=3,
+                label=f"{name}: {base['val_bpb']:.4f} → {summary['best']['val_bpb']:.4f}")
+        vals += [r for r in rows if r["status"] != "crash"]
+    if vals:
+        baseline = max(s["baseline"]["val_bpb"] for _, _, s in logs if s["baseline"])
+        ax.set_ylim(*y_limits(vals, baseline))
+    ax.set_title(f"autoresearch: {len(logs)} logs, {total} experiments, {kept} kept", fontsize=15, loc="left")
+    ax.set_xlabel("experiment # (per log)", fontsize=12)
+    ax.set_ylabel("validation bits per byte (lower is better)", fontsize=12)
+    ax.grid(True, color="0.92", linewidth=0.8, zorder=0)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(loc="upper right", fontsize=10, facecolor="white", edgecolor="none", framealpha=0.9)
+    fig.tight_layout()
+    fig.savefig(png_path, bbox_inches="tight")
+    plt.close(fig)
+
+
+def strip_row(r):
+    return r and {k: v for k, v in r.items() if k != "line"}
+
+
+def main_many(paths, args):
+    logs = []
+    for path in paths:
+        try:
+            rows, skipped = read_log(path)
+        except OSError as e:
+            print(f"error: cannot read {path}: {e.strerror or e}", file=sys.stderr)
+            return 1
+        logs.append((path, rows, summarize(rows), skipped))
+    counts = {s: sum(x[2]["counts"][s] for x in logs) for s in STATUSES}
+    bests = [(x[2]["best"], x[0]) for x in logs if x[2]["best"]]
+    best = min(bests, key=lambda b: b[0]["val_bpb"]) if bests else None
+    png = None
+    if not args.no_png:
+        png = os.path.abspath("progress.png")
+        plot_many([(p, r, s) for p, r, s, _ in logs], png)
+    if args.json:
+        out = {"logs": [{**s, "baseline": strip_row(s["baseline"]), "best": strip_row(s["best"]),
+                         "ranked": [strip_row(r) for r in s["ranked"]], "log": p, "skipped_lines": k}
+                        for p, _, s, k in logs],
+               "total": sum(counts.values()), "counts": counts,
+               "best": best and {**strip_row(best[0]), "log": best[1]}, "png": png}
+        print(json.dumps(out, indent=2))
+        return 0
+    for path, _, summary, _ in logs:
+        print(format_text(summary, path) + "\n")
+    line = f"overall: {sum(counts.values())} experiments in {len(logs)} logs, {counts['keep']} kept"
+    if best:
+        line += (f"; best {best[0]['val_bpb']:.6f} in {best[1]} ({best[0]['commit']}, "
+                 f"{best[0]['description']})")
+    print(line)
+    if png:
+        print(f"\nwrote {png}")
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("log", nargs="?", default="results.tsv", help="the log (default results.tsv)")
+    ap.add_argument("logs", nargs="*", metavar="log",
+                    help="the log(s) (default: results.tsv and every worktrees/*/results.tsv)")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     ap.add_argument("--no-png", action="store_true", help="don't write progress.png")
+    ap.add_argument("--decide", action="store_true", help="program.md's Decide: judge run.log")
+    ap.add_argument("--log", metavar="STATUS", help="program.md's Log: append run.log's row, "
+                    "the description read from stdin")
     args = ap.parse_args(argv)
 
+    if args.decide or args.log:
+        log = args.logs[0] if args.logs else "results.tsv"
+        if args.log:
+            return cmd_log(log, args.log, sys.stdin.read())
+        return cmd_decide(log)
+    paths = args.logs or default_logs()
+    if len(paths) > 1:
+        return main_many(paths, args)
+    path = paths[0]
     try:
-        rows, skipped = read_log(args.log)
+        rows, skipped = read_log(path)
     except OSError as e:
-        print(f"error: cannot read {args.log}: {e.strerror or e}", file=sys.stderr)
+        print(f"error: cannot read {path}: {e.strerror or e}", file=sys.stderr)
         return 1
     summary = summarize(rows)
     png = None
     if not args.no_png:
-        png = os.path.join(os.path.dirname(os.path.abspath(args.log)), "progress.png")
+        png = os.path.join(os.path.dirname(os.path.abspath(path)), "progress.png")
         plot(rows, summary, png)
     if args.json:
-        strip = lambda r: r and {k: v for k, v in r.items() if k != "line"}  # noqa: E731
-        out = {**summary, "baseline": strip(summary["baseline"]), "best": strip(summary["best"]),
-               "ranked": [strip(r) for r in summary["ranked"]],
-               "log": args.log, "png": png, "skipped_lines": skipped}
+        out = {**summary, "baseline": strip_row(summary["baseline"]), "best": strip_row(summary["best"]),
+               "ranked": [strip_row(r) for r in summary["ranked"]],
+               "log": path, "png": png, "skipped_lines": skipped}
         print(json.dumps(out, indent=2))
     else:
-        print(format_text(summary, args.log))
+        print(format_text(summary, path))
         if png:
             print(f"\nwrote {png}")
     return 0

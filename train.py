@@ -556,10 +556,13 @@ class MuonAdamW(torch.optim.Optimizer):
 # Model architecture
 ASPECT_RATIO = 64        # model_dim = depth * ASPECT_RATIO
 HEAD_DIM = 128           # target head dimension for attention
-WINDOW_PATTERN = "SSSL"  # sliding window pattern: L=full, S=half context
+# Four knobs depend on the setup (`full`: one big GPU; `small`: CPUs, Apple silicon, small GPUs;
+# `smoke`: an install check). Each line holds every setup's value and picks the active one:
+# edit the value for the setup you run under (the active setup is printed at the start of a run).
+WINDOW_PATTERN = {"full": "SSSL", "small": "L", "smoke": "SSSL"}[SETUP]  # L=full, S=half context
 
 # Optimization
-TOTAL_BATCH_SIZE = 2**19  # ~524K tokens per optimizer step
+TOTAL_BATCH_SIZE = {"full": 2**19, "small": 2**13, "smoke": 2**10}[SETUP]  # tokens per optimizer step
 EMBEDDING_LR = 0.6        # learning rate for token embeddings (Adam)
 UNEMBEDDING_LR = 0.004    # learning rate for lm_head (Adam)
 MATRIX_LR = 0.04          # learning rate for matrix parameters (Muon)
@@ -571,15 +574,8 @@ WARMDOWN_RATIO = 0.5      # fraction of time budget for LR warmdown
 FINAL_LR_FRAC = 0.0       # final LR as fraction of initial
 
 # Model size
-DEPTH = 8                 # number of transformer layers
-DEVICE_BATCH_SIZE = 128   # per-device batch size (reduce if OOM)
-
-# The values above are the reference (`full` setup, one big GPU). Smaller setups start from these
-# instead: under `small` or `smoke`, edit the line for that setup here.
-if SETUP == "small":    # CPUs, Apple silicon, small GPUs: 512-token sequences
-    DEPTH, DEVICE_BATCH_SIZE, TOTAL_BATCH_SIZE, WINDOW_PATTERN = 4, 16, 2**13, "L"
-elif SETUP == "smoke":  # seconds on a CPU, only proves that everything runs
-    DEPTH, DEVICE_BATCH_SIZE, TOTAL_BATCH_SIZE, WINDOW_PATTERN = 2, 8, 2**10, "SSSL"
+DEPTH = {"full": 8, "small": 4, "smoke": 2}[SETUP]                    # number of transformer layers
+DEVICE_BATCH_SIZE = {"full": 128, "small": 16, "smoke": 8}[SETUP]     # per-device batch size (lower if out of memory)
 
 # ---------------------------------------------------------------------------
 # Setup: tokenizer, model, optimizer, dataloader
@@ -598,8 +594,9 @@ def report_crash(exc_type, exc, tb):
     print(file=sys.stderr)
     sys.__excepthook__(exc_type, exc, tb)
     if issubclass(exc_type, torch.OutOfMemoryError) or "out of memory" in str(exc):  # MPS: RuntimeError
-        print(f"Out of memory at DEVICE_BATCH_SIZE = {DEVICE_BATCH_SIZE}: lower DEVICE_BATCH_SIZE in train.py "
-              f"(gradient accumulation keeps TOTAL_BATCH_SIZE the same)", file=sys.stderr)
+        print(f"Out of memory at DEVICE_BATCH_SIZE = {DEVICE_BATCH_SIZE}: a crash (program.md: log it, then "
+              f"to fit, lower DEVICE_BATCH_SIZE for setup {SETUP!r}, e.g. halve it; gradient accumulation keeps "
+              f"TOTAL_BATCH_SIZE the same)", file=sys.stderr)
 
 
 sys.excepthook = report_crash

@@ -161,3 +161,57 @@ def test_y_range_clips_a_diverged_run(tmp_path):
     rows, _ = analysis.read_log(write_log(tmp_path))
     low, high = analysis.y_limits(rows, 1.0)
     assert low < 0.955 and 1.0005 < high < 1.1  # the 3.5 run sits off the chart
+
+
+def test_several_logs_one_summary_and_one_chart(tmp_path, monkeypatch, capsys):
+    # one log per GPU worktree; with no argument analysis.py finds them itself
+    for i, shift in enumerate((0.0, -0.02)):
+        folder = tmp_path / "worktrees" / f"gpu{i}"
+        folder.mkdir(parents=True)
+        write_log(folder, [(c, v + shift if v else v, m, s, d) for c, v, m, s, d in ROWS])
+    monkeypatch.chdir(tmp_path)
+    assert analysis.main(["--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [x["log"] for x in data["logs"]] == ["worktrees/gpu0/results.tsv", "worktrees/gpu1/results.tsv"]
+    assert data["total"] == 16 and data["counts"] == {"keep": 8, "discard": 6, "crash": 2}
+    assert data["best"]["log"] == "worktrees/gpu1/results.tsv"
+    assert data["best"]["val_bpb"] == pytest.approx(0.935)
+    assert data["logs"][0]["best"]["val_bpb"] == 0.955
+    check_png(tmp_path / "progress.png")
+
+    assert analysis.main(["worktrees/gpu0/results.tsv", "worktrees/gpu1/results.tsv", "--no-png"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("8 experiments: 4 kept") == 2
+    assert "overall: 16 experiments in 2 logs, 8 kept; best 0.935000 in worktrees/gpu1/results.tsv" in out
+
+
+def test_one_log_found_by_default(tmp_path, monkeypatch, capsys):
+    write_log(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert analysis.main(["--no-png"]) == 0
+    assert "results.tsv: 8 experiments" in capsys.readouterr().out
+
+
+def test_decide_rule_edges():
+    """The rule in program.md, without git: baseline, noise floor, the pair's mean, a crashed baseline."""
+    def row(v, status, commit="aaaaaaa"):
+        return {"commit": commit, "val_bpb": v, "memory_gb": 1.0, "status": status, "description": ""}
+
+    def run(v, steps=100, sha="x"):
+        return {"sha": sha, "val_bpb": v, "num_steps": steps, "mfu_percent": 40.0, "timeout": None,
+                "killed": None, "fail": None, "ended": True, "traceback": False, "oom": False, "error": ""}
+
+    assert analysis.decide([], run(1.0), "aaaaaaa", {})["decision"] == "keep"
+    crashed = [row(0.0, "crash")]
+    d = analysis.decide(crashed, run(1.0), "aaaaaaa", {})
+    assert d["decision"] == "keep" and "run 1 of 2" in d["why"]  # the crash is not a baseline run
+    base = crashed + [row(1.0, "keep"), row(1.0, "keep")]
+    d = analysis.decide(base, run(0.9996), "bbbbbbb", {})
+    assert d["noise"] == analysis.NOISE_FLOOR and d["best"] == 1.0 and d["decision"] == "rerun"
+    assert d["state"]["pending"]["val_bpb"] == 0.9996
+    d2 = analysis.decide(base, run(1.0002, sha="y"), "bbbbbbb", d["state"])
+    assert d2["pair"] == (0.9996, 1.0002) and d2["value"] == pytest.approx(0.9999)
+    assert d2["decision"] == "keep"  # the mean 0.9999 beats 1.0
+    assert analysis.decide(base, run(1.0), "bbbbbbb", {}, changed=(1, 3))["decision"] == "keep"  # simpler
+    assert analysis.decide(base, run(1.0), "bbbbbbb", {}, changed=(3, 1))["decision"] == "discard"
+    assert analysis.decide(base, run(None), "bbbbbbb", {})["decision"] == "crash"

@@ -8,8 +8,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -47,33 +49,54 @@ def set_learning_rates(path, scale):
     open(path, "w").write(source)
 
 
-@pytest.fixture
-def agent(tmp_path, smoke_cache):
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    for name in PROJECT_FILES:
-        shutil.copy(os.path.join(ROOT, name), repo / name)
-    set_learning_rates(repo / "train.py", 0.1)
-    env = dict(os.environ, AUTORESEARCH_CACHE=smoke_cache,
+
+def make_agent(repo, cache, extra_env=None):
+    """Play the agent in `repo`: agent(label, **placeholders) runs program.md's block literally."""
+    env = dict(os.environ, AUTORESEARCH_CACHE=cache,
                # `uv run` in the copy uses the project's environment (same lock file): no new install
                UV_PROJECT_ENVIRONMENT=os.path.join(ROOT, ".venv"), UV_OFFLINE="1",
-               GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_SYSTEM=os.devnull)
-    subprocess.run("git init -q -b main && git add -A && git -c user.name=t -c user.email=t@t commit -qm initial",
-                   shell=True, cwd=repo, check=True, env=env)
+               GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_SYSTEM=os.devnull, **(extra_env or {}))
+    env.pop("CUDA_VISIBLE_DEVICES", None) if not extra_env else None
     blocks = program_blocks()
 
-    def run(label, **placeholders):
-        command = blocks[label]
+    def command(label, **placeholders):
+        text = blocks[label]
         for key, value in placeholders.items():
-            command = command.replace(f"<{key}>", value)
-        assert "<" not in re.sub(r"<<|< ?/|2>&1|>", "", command.replace("<(", "")), f"unfilled placeholder in: {command}"
-        result = subprocess.run(command, shell=True, executable="/bin/bash", cwd=repo, env=env,
-                                capture_output=True, text=True, timeout=900)
-        return result
+            text = text.replace(f"<{key}>", value)
+        assert not re.search(r"<[a-z]+>", text), f"unfilled placeholder in: {text}"
+        return text
 
-    run.repo = repo
-    run.blocks = blocks
+    def run(label, background=False, **placeholders):
+        text = command(label, **placeholders)
+        if background:
+            return subprocess.Popen(text, shell=True, executable="/bin/bash", cwd=repo, env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        return subprocess.run(text, shell=True, executable="/bin/bash", cwd=repo, env=env,
+                              capture_output=True, text=True, timeout=900)
+
+    run.repo, run.blocks, run.env, run.command = repo, blocks, env, command
     return run
+
+
+def make_repo(path, env_cache, handicap=0.1):
+    path.mkdir()
+    for name in PROJECT_FILES:
+        shutil.copy(os.path.join(ROOT, name), path / name)
+    set_learning_rates(path / "train.py", handicap)
+    subprocess.run("git init -q -b main && git add -A && git -c user.name=t -c user.email=t@t commit -qm initial",
+                   shell=True, cwd=path, check=True, env=dict(os.environ, GIT_CONFIG_GLOBAL=os.devnull))
+    return make_agent(path, env_cache)
+
+
+@pytest.fixture
+def agent(tmp_path, smoke_cache):
+    return make_repo(tmp_path / "repo", smoke_cache)
+
+
+@pytest.fixture
+def fake_agent(tmp_path):
+    """A repository whose runs are fake run.log files: for the rule, not for training."""
+    return make_repo(tmp_path / "repo", str(tmp_path / "no-cache"))
 
 
 def results(repo):
@@ -85,12 +108,40 @@ def git(repo, *args):
     return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout
 
 
+def decision(out):
+    found = re.findall(r"^decision: (\w+)$", out.stdout, re.M)
+    assert len(found) <= 1, out.stdout
+    return found[0] if found else None
+
+
+def field(out, name):
+    return float(re.search(rf"^{name}:\s+([-+0-9.]+)", out.stdout, re.M).group(1))
+
+
+SUMMARY = ("---\nval_bpb:          {v:.6f}\ntraining_seconds: 5.1\ntotal_seconds:    30.2\n"
+           "peak_vram_mb:     1024.0\nmfu_percent:      {mfu:.2f}\ntotal_tokens_M:   0.1\n"
+           "num_steps:        {steps}\nnum_params_M:     0.6\ndepth:            2\n")
+
+
+def fake_run(repo, v=None, steps=100, mfu=40.0, tail="", end=0):
+    """A run.log as the Run command leaves it: status lines, then a summary (or not), then the end."""
+    status = "".join(f"\rstep {i:05d} ({i}%) | loss: 5.0 | lrm: 1.00" for i in range(steps))
+    body = status + "\n" + (SUMMARY.format(v=v, steps=steps, mfu=mfu) if v is not None else "") + tail
+    unique = f"started {time.time_ns()}\n"  # two real runs never leave the same run.log
+    (repo / "run.log").write_text(unique + body + f"\nrun ended: exit {end}\n")
+
+
 def test_program_md_names_every_command_the_loop_needs():
     blocks = program_blocks()
     for label in ["Create the branch", "Check the data exists", "Make sure git can commit", "Start the log",
-                  "Run", "Read the result", "Read the traceback", "Log", "Baseline", "Baseline repeat",
-                  "Commit", "Check the judge", "Keep", "Discard"]:
+                  "Keep the machine awake", "Run", "Run in the background", "Poll", "Read the traceback",
+                  "Decide", "Log", "Commit", "Check the judge", "Discard", "Amend", "Where am I"]:
         assert label in blocks, f"program.md has no ```bash block labelled **{label}**"
+    # each command once: the perl runner only in Run and its background form
+    text = open(os.path.join(ROOT, "program.md")).read()
+    assert text.count("perl -e") == 2 and text.count("--decide") == 2
+    assert "5-minute" not in text and "70 experiments" not in text
+    assert len(text.split()) < 1700
 
 
 def test_following_program_md_keeps_only_improvements(agent):
@@ -98,77 +149,242 @@ def test_following_program_md_keeps_only_improvements(agent):
     # Setup
     assert agent("Create the branch", tag="e2e").returncode == 0
     ready = agent("Check the data exists")
-    assert ready.returncode == 0 and "data ready, setup smoke" in ready.stdout, ready.stderr
+    assert ready.returncode == 0, ready.stderr
+    assert "data ready, setup smoke: 5 s of training" in ready.stdout and "install check" in ready.stdout
+    assert "GPU pin: CUDA_VISIBLE_DEVICES=none" in ready.stdout
     assert agent("Make sure git can commit").returncode == 0
     assert agent("Start the log").returncode == 0
-    initial = git(repo, "rev-parse", "HEAD").strip()
+    assert agent("Keep the machine awake").returncode == 0
+    initial = git(repo, "rev-parse", "--short=7", "HEAD").strip()
 
-    # The baseline, twice
-    baseline = agent("Baseline")
-    assert baseline.returncode == 0, baseline.stderr + (repo / "run.log").read_text()[-3000:]
-    assert re.match(r"val_bpb:\s+\d+\.\d{6}\npeak_vram_mb:\s+\d+\.\d", baseline.stdout)
-    assert agent("Baseline repeat").returncode == 0
+    # Fresh log, no run yet: Decide says to run
+    first = agent("Decide")
+    assert first.returncode == 1 and decision(first) is None and "Run first" in first.stdout
+
+    # The baseline crashed (out of memory, as `full` on a small GPU): logged as crash whatever was typed,
+    # and it never becomes the bar
+    fake_run(repo, tail="Traceback (most recent call last):\ntorch.OutOfMemoryError: CUDA out of memory\n"
+                        "Out of memory at DEVICE_BATCH_SIZE = 128: a crash\n", end=1)
+    out = agent("Decide")
+    assert decision(out) == "crash" and "the baseline crashed" in out.stdout and "DEVICE_BATCH_SIZE" in out.stdout
+    assert agent("Log", status="keep", description="baseline").returncode == 0
+    assert results(repo)[1][-1] == [initial, "0.000000", "0.0", "crash", "baseline"]
+
+    # The baseline, twice: Run, Decide, Log
+    for n, description in ((1, "baseline"), (2, "baseline run 2")):
+        ran = agent("Run")
+        assert ran.returncode == 0, (repo / "run.log").read_text()[-3000:]
+        assert re.search(r"^run ended: exit 0$", (repo / "run.log").read_text(), re.M)
+        out = agent("Decide")
+        assert decision(out) == "keep" and f"run {n} of 2" in out.stdout, out.stdout
+        assert agent("Log", status="keep", description=description).returncode == 0
+    _, rows = results(repo)
+    b1, b2 = float(rows[1][1]), float(rows[2][1])
+    assert agent("Log", status="keep", description="again").returncode == 1  # already logged
 
     def experiment(edit, description):
         edit(repo / "train.py")
         assert agent("Commit", description=description).returncode == 0
-        assert agent("Check the judge").returncode == 0
-        agent("Run")
-        return agent("Read the result").stdout
+        judge = agent("Check the judge")
+        assert judge.returncode == 0 and "judge intact" in judge.stdout
+        assert agent("Run").returncode in (0, 1)
+        return agent("Decide")
 
-    def decide_and_log(result, description):
-        _, rows = results(repo)
-        best = min(float(r[1]) for r in rows if r[3] == "keep")
-        if not result:
-            status = "crash"
-        else:
-            status = "keep" if float(result.split()[1]) < best else "discard"
-        assert agent("Log", status=status, description=description).returncode == 0
-        agent("Keep" if status == "keep" else "Discard")
-        return status
+    # 1. a syntax error, described with backticks, $ and an apostrophe: crash, a bounded traceback
+    description = "break `train.py` on purpose: it's $HOME's \"fault\""
+    out = experiment(lambda p: p.write_text(p.read_text() + "\ndef broken(:\n"), description)
+    assert decision(out) == "crash"
+    assert git(repo, "log", "-1", "--format=%s").strip() == description
+    traceback = agent("Read the traceback").stdout
+    assert "SyntaxError" in traceback.strip().splitlines()[-1] and len(traceback) < 12_000
+    assert agent("Log", status="crash", description=description).returncode == 0
+    assert results(repo)[1][-1][3:] == ["crash", description]
+    assert agent("Discard").returncode == 0
+    assert git(repo, "rev-parse", "--short=7", "HEAD").strip() == initial
 
-    # 1. a syntax error: crash, the traceback at the end of run.log, reset, the log intact
-    def break_syntax(path):
-        path.write_text(path.read_text() + "\ndef broken(:\n")
-    result = experiment(break_syntax, "syntax error")
-    assert result == ""
-    assert "SyntaxError" in agent("Read the traceback").stdout
-    assert decide_and_log(result, "syntax error") == "crash"
+    # 2. the handicap undone: better (re-run if within the noise), kept, the branch advanced
+    out = experiment(lambda p: set_learning_rates(p, 1.0), "full learning rates")
+    if decision(out) == "rerun":
+        assert agent("Run").returncode == 0
+        out = agent("Decide")
+    assert decision(out) == "keep", out.stdout
+    assert field(out, "best") == pytest.approx((b1 + b2) / 2, abs=1e-6)
+    assert field(out, "noise") == pytest.approx(max(abs(b1 - b2), 0.0005), abs=1e-6)
+    assert agent("Log", status="keep", description="full learning rates").returncode == 0
+    kept = git(repo, "rev-parse", "--short=7", "HEAD").strip()
 
-    # 2. learning rates zeroed: worse, discarded, train.py back to the kept version
-    kept_source = git(repo, "show", "HEAD:train.py")
-    result = experiment(lambda p: set_learning_rates(p, 0.0), "zero learning rates")
-    assert decide_and_log(result, "zero learning rates") == "discard"
-    assert (repo / "train.py").read_text() == kept_source
+    # 3. a commit that failed (nothing to commit): Discard stays on the last kept commit, never HEAD~1
+    assert agent("Commit", description="no change").returncode != 0
+    assert agent("Discard").returncode == 0
+    assert git(repo, "rev-parse", "--short=7", "HEAD").strip() == kept
 
-    # 3. the handicap undone: better, kept, the branch advanced
-    result = experiment(lambda p: set_learning_rates(p, 1.0), "full learning rates")
-    assert decide_and_log(result, "full learning rates") == "keep"
+    # 4. a committed change to prepare.py: the judge check fails until it is restored
+    (repo / "prepare.py").write_text((repo / "prepare.py").read_text().replace("TIME_BUDGET=5,", "TIME_BUDGET=50,"))
+    set_learning_rates(repo / "train.py", 0.9)
+    subprocess.run("git add prepare.py train.py && git commit -qm 'sneaky'", shell=True, cwd=repo,
+                   check=True, env=agent.env)
+    judge = agent("Check the judge")
+    assert judge.returncode != 0 and "git checkout" in judge.stdout
+    restore = re.search(r"run (git checkout \S+ -- [^,]+), then Amend", judge.stdout).group(1)
+    subprocess.run(restore, shell=True, cwd=repo, check=True)
+    assert agent("Amend").returncode == 0
+    assert agent("Check the judge").returncode == 0
+    assert agent("Discard").returncode == 0
 
+    # 5. a run that outlives the kill (here 2 s instead of 540): TIMEOUT, a crash
+    timed = subprocess.run(agent.command("Run").replace(" 540 ", " 2 "), shell=True, executable="/bin/bash",
+                           cwd=repo, env=agent.env, capture_output=True, text=True, timeout=120)
+    assert timed.returncode == 137
+    log = (repo / "run.log").read_text()
+    assert "TIMEOUT: killed after 2 s" in log and "run ended: exit 137" in log
+    out = agent("Decide")
+    assert decision(out) == "crash" and "TIMEOUT" in out.stdout
+
+    # 6. a run cut off by the shell tool's own limit: KILLED, re-run unlogged
+    proc = subprocess.Popen(agent.command("Run"), shell=True, executable="/bin/bash", cwd=repo, env=agent.env,
+                            start_new_session=True)
+    time.sleep(2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert "KILLED: by SIGTERM" in (repo / "run.log").read_text()
+    out = agent("Decide")
+    assert decision(out) == "rerun" and "don't log it" in out.stdout
+
+    # 7. the background form returns at once; Poll reports the end
+    started = time.time()
+    agent("Run in the background")
+    assert time.time() - started < 10
+    polled = agent("Poll")
+    assert polled.returncode == 0
+    while "run ended" not in polled.stdout:
+        polled = agent("Poll")
+    assert polled.stdout.strip().startswith("run ended: exit")
+
+    # results.tsv is untracked and survived every reset; git holds exactly the kept commits
     header, rows = results(repo)
     assert header == "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
-    assert [r[3] for r in rows] == ["keep", "discard", "crash", "discard", "keep"]
-    assert [r[4] for r in rows] == ["baseline", "baseline repeat (noise check)", "syntax error",
-                                    "zero learning rates", "full learning rates"]
+    assert [r[3] for r in rows] == ["crash", "keep", "keep", "crash", "keep"]
     for commit, val_bpb, memory_gb, status, _ in rows:
         assert re.fullmatch(r"[0-9a-f]{7}", commit)
         assert re.fullmatch(r"\d+\.\d{6}", val_bpb) and re.fullmatch(r"\d+\.\d", memory_gb)
         assert (float(val_bpb) == 0) == (status == "crash")
-    assert float(rows[3][1]) > float(rows[0][1]) > float(rows[4][1])
-
-    # results.tsv is untracked, ignored and survived both resets; git holds exactly the kept commits
     assert git(repo, "ls-files", "results.tsv", "run.log") == ""
-    assert "results.tsv" in git(repo, "status", "--porcelain", "--ignored")
-    log = git(repo, "log", "--format=%s").splitlines()
-    assert log == ["full learning rates", "initial"]
-    assert git(repo, "rev-parse", "HEAD~1").strip() == initial
+    assert git(repo, "log", "--format=%s").splitlines() == ["full learning rates", "initial"]
     assert git(repo, "rev-parse", "--abbrev-ref", "HEAD").strip() == "autoresearch/e2e"
-    assert rows[4][0] == git(repo, "rev-parse", "--short=7", "HEAD").strip()
+
+    # Resume: where am I, in one command
+    where = agent("Where am I")
+    assert "autoresearch/e2e" in where.stdout and "next:" in where.stdout
 
     # the morning review
     review = subprocess.run([sys.executable, "analysis.py", "results.tsv", "--json"], cwd=repo,
                             capture_output=True, text=True)
     assert review.returncode == 0, review.stderr
+    assert json.loads(review.stdout)["counts"] == {"keep": 3, "discard": 0, "crash": 2}
+    assert (repo / "progress.png").exists()
+
+
+def test_decide_and_log_follow_the_rule(fake_agent):
+    agent, repo = fake_agent, fake_agent.repo
+    for label in ("Create the branch", "Make sure git can commit", "Start the log"):
+        assert agent(label, tag="rule").returncode == 0
+
+    def decide(v, **kw):
+        fake_run(repo, v, **kw)
+        out = agent("Decide")
+        assert out.returncode in (0, 1), out.stderr
+        return out
+
+    def log(status, description="x"):
+        out = agent("Log", status=status, description=description)
+        assert out.returncode == 0, out.stderr
+        return results(repo)[1][-1]
+
+    def commit(edit, description):
+        path = repo / "train.py"
+        path.write_text(edit(path.read_text()))
+        assert agent("Commit", description=description).returncode == 0
+
+    # equal baselines: the noise floor; the best is their mean
+    assert decision(decide(2.0)) == "keep"
+    log("keep", "baseline")
+    out = decide(2.0)
+    assert decision(out) == "keep" and field(out, "noise") == 0.0005
+    log("keep", "baseline run 2")
+
+    # a gain above the noise: keep
+    commit(lambda s: s.replace("MATRIX_LR = ", "MATRIX_LR = 1.0 * "), "a")
+    out = decide(1.99)
+    assert decision(out) == "keep" and field(out, "best") == 2.0 and field(out, "gain") == pytest.approx(0.01)
+    log("keep")
+    # no gain: discard, and Discard goes back to the kept commit
+    commit(lambda s: s.replace("SCALAR_LR = ", "SCALAR_LR = 1.0 * "), "b")
+    assert decision(decide(1.995)) == "discard"
+    log("discard")
+    assert agent("Discard").returncode == 0
+    # within the noise: rerun, unlogged; the pair's mean decides and is what Log writes
+    commit(lambda s: s.replace("SCALAR_LR = ", "SCALAR_LR = 1.0 * "), "c")
+    out = decide(1.9898)
+    assert decision(out) == "rerun"
+    assert agent("Log", status="rerun", description="c").returncode == 1
+    assert decision(agent("Decide")) == "rerun"  # the same run.log twice: the same answer
+    out = decide(1.9899)
+    assert decision(out) == "keep" and field(out, "gain") == pytest.approx(1.99 - 1.98985)
+    row = log("keep", "c")
+    assert row[1] == "1.989850" and row[4] == "c (mean of 2 runs: 1.989800 1.989900)"
+    # a pair whose mean doesn't beat the best: discard
+    commit(lambda s: s.replace("EMBEDDING_LR = ", "EMBEDDING_LR = 1.0 * "), "d")
+    assert decision(decide(1.9896)) == "rerun"
+    assert decision(decide(1.9902)) == "discard"
+    assert log("discard")[1] == "1.989900"
+    assert agent("Discard").returncode == 0
+    # a spoiled run (starved by another process): rerun, unlogged; the same commit slow again is judged
+    commit(lambda s: s.replace("EMBEDDING_LR = ", "EMBEDDING_LR = 1.0 * "), "e")
+    out = decide(2.5, steps=16, mfu=5.0)
+    assert decision(out) == "rerun" and "spoiled" in out.stdout
+    assert decision(decide(2.5, steps=15, mfu=5.0)) == "discard"
+    log("discard")
+    assert agent("Discard").returncode == 0
+    # simpler code (train.py shorter) within the noise: keep
+    commit(lambda s: s.replace("WARMUP_RATIO = 0.0        # fraction of time budget for LR warmup\n", "WARMUP_RATIO = 0.0\n")
+           .replace("# Model size\n", ""), "simpler")
+    out = decide(1.9902)
+    assert decision(out) == "keep" and "simpler" in out.stdout
+    log("keep")
+    # a crash: whatever status is typed, Log writes crash and zeros
+    commit(lambda s: s + "\n# crash\n", "f")
+    fake_run(repo, None, tail="Traceback (most recent call last):\nValueError: bad\n", end=1)
+    out = agent("Decide")
+    assert decision(out) == "crash" and "ValueError: bad" in out.stdout
+    assert log("keep", "f")[1:4] == ["0.000000", "0.0", "crash"]
+    # a running (or silently cut) run: no decision, say what to do
+    (repo / "run.log").write_text("\rstep 00001 (1%)")
+    out = agent("Decide")
+    assert out.returncode == 1 and decision(out) is None and "Poll" in out.stdout
+
+
+def test_two_worktrees_on_one_cache(tmp_path, smoke_cache):
+    main = make_repo(tmp_path / "repo", smoke_cache, handicap=1.0)
+    repo = main.repo
+    # the human's side (README): identity once, one worktree and one agent per GPU
+    subprocess.run('git config user.name "autoresearch agent" && git config user.email agent@localhost && '
+                   'for i in 0 1; do git worktree add -q "worktrees/gpu$i" -b "autoresearch/two-gpu$i"; done',
+                   shell=True, cwd=repo, check=True, env=main.env)
+    agents = [make_agent(repo / "worktrees" / f"gpu{i}", smoke_cache, {"CUDA_VISIBLE_DEVICES": str(i)})
+              for i in (0, 1)]
+    for i, a in enumerate(agents):
+        assert f"GPU pin: CUDA_VISIBLE_DEVICES={i}" in a("Check the data exists").stdout
+        assert a("Make sure git can commit").returncode == 0
+        assert a("Start the log").returncode == 0
+    runs = [a("Run", background=True) for a in agents]  # at the same time, on one cache
+    for proc in runs:
+        proc.wait(timeout=600)
+    for a in agents:
+        assert decision(a("Decide")) == "keep", (a.repo / "run.log").read_text()[-2000:]
+        assert a("Log", status="keep", description="baseline").returncode == 0
+    review = subprocess.run([sys.executable, "analysis.py", "--json"], cwd=repo, capture_output=True, text=True)
+    assert review.returncode == 0, review.stderr
     summary = json.loads(review.stdout)
-    assert summary["counts"] == {"keep": 2, "discard": 2, "crash": 1}
+    assert [x["log"] for x in summary["logs"]] == ["worktrees/gpu0/results.tsv", "worktrees/gpu1/results.tsv"]
+    assert summary["counts"] == {"keep": 2, "discard": 0, "crash": 0}
     assert (repo / "progress.png").exists()
