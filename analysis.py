@@ -23,6 +23,15 @@ summary, then one overall line; one chart, progress.png in the current folder, h
 log. `--json` then prints {"logs": [one summary per log], "total", "counts", "best"}.
 
 --decide and --log implement program.md's rule; see decide() below.
+
+    uv run analysis.py --confirm [--runs N] [--json] [results.tsv]
+
+The morning's check that the night's gain is real: the baseline (the first kept row) and the best
+kept commit are checked out into temporary git worktrees and trained N times each (default 2),
+alternating, with the judge also scoring the test split that the loop never sees. It ends with
+`confirm: baseline test_bpb A, best test_bpb B, gain G (val gain V); <verdict>`, writes
+confirm.json beside the log (progress.png shows it), and never touches HEAD, the work tree or the
+log. It takes 2N runs of the loop's length.
 """
 
 import argparse
@@ -33,9 +42,13 @@ import json
 import math
 import os
 import re
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
+import time
 
 HEADER = ["commit", "val_bpb", "memory_gb", "status", "description"]
 STATUSES = ("keep", "discard", "crash")
@@ -222,6 +235,17 @@ def plot(rows, summary, png_path):
     ys.append(ys[-1])
     ax.step(xs, ys, where="post", color=green, linewidth=2.0, alpha=0.85, zorder=3,
             label="best so far")
+    noise = night_noise(rows)
+    if noise is not None:
+        ax.fill_between(xs, [y - noise for y in ys], [y + noise for y in ys], step="post", color=green,
+                        alpha=0.12, linewidth=0, zorder=1, label=f"± the baseline's noise ({noise:.4f})")
+    confirmed = read_confirmation(png_path)
+    if confirmed:  # the test split's verdict beside the val_bpb it was meant to confirm
+        for side in ("baseline", "best"):
+            if confirmed[side]["test_bpb"] is not None:
+                ax.scatter([confirmed[side]["index"]], [confirmed[side]["test_bpb"]], s=70, marker="D",
+                           color="#4575b4", edgecolors="white", zorder=5,
+                           label="test_bpb (--confirm)" if side == "baseline" else None)
 
     # kept runs: green dots, labelled with their descriptions
     kept = [r for r in rows if r["status"] == "keep"]
@@ -263,6 +287,12 @@ def plot(rows, summary, png_path):
     fig.tight_layout()
     fig.savefig(png_path, bbox_inches="tight")  # room for labels running past the right edge
     plt.close(fig)
+
+
+def night_noise(rows):
+    """The baseline's noise: the difference between the first two runs that did not crash."""
+    done = [r for r in rows if r["status"] != "crash"][:2]
+    return max(abs(done[0]["val_bpb"] - done[1]["val_bpb"]), NOISE_FLOOR) if len(done) == 2 else None
 
 
 # ---------------------------------------------------------------------------
@@ -631,6 +661,141 @@ def main_many(paths, args):
     return 0
 
 
+# ---------------------------------------------------------------------------
+# Confirm: were the night's gains real? Scored on the test split, which the loop never sees.
+
+CONFIRM_TIMEOUT = 540  # seconds, as program.md's Run
+
+
+def confirm_targets(rows):
+    """The baseline (the first kept row) and the best kept row of a log."""
+    kept = [r for r in rows if r["status"] == "keep"]
+    return (kept[0], min(kept, key=lambda r: r["val_bpb"])) if kept else (None, None)
+
+
+def confirmation_run(worktree, log_path):
+    """train.py once in confirmation mode: ({val_bpb, test_bpb, num_steps}, None) or (None, why).
+    It runs on this interpreter, the project's environment that `uv run analysis.py` set up, so
+    the temporary worktree needs no environment of its own."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "train.py"], cwd=worktree, stdout=log, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, AUTORESEARCH_CONFIRM="1"), start_new_session=True)
+        try:
+            proc.wait(timeout=CONFIRM_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            return None, f"TIMEOUT after {CONFIRM_TIMEOUT} s"
+        finally:
+            if proc.poll() is None:  # timed out, or interrupted: end train.py and its compile workers
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    text = open(log_path, errors="replace").read().replace("\r", "\n")
+    figures = {}
+    for key in ("val_bpb", "test_bpb", "num_steps"):
+        found = re.findall(rf"^{key}:\s+(\S+)\s*$", text, re.M)
+        figures[key] = float(found[-1]) if found else None
+    if None in figures.values():
+        last = [line for line in text.splitlines() if line.strip() and not line.startswith("step ")]
+        return None, f"crash, exit {proc.returncode}: {last[-1][:150] if last else 'no output'}"
+    return figures, None
+
+
+def confirmation_verdict(runs, night_noise_):
+    """The numbers and the verdict: the test gain against the spread of the repeats (or the
+    night's noise, if larger); crashed runs are reported, never averaged in."""
+    ok = {side: [r for r in rs if r["figures"]] for side, rs in runs.items()}
+    out = {"test_bpb": {}, "val_bpb": {}, "test_gain": None, "val_gain": None, "spread": None}
+    for side in runs:
+        for key in ("test_bpb", "val_bpb"):
+            out[key][side] = statistics.mean(r["figures"][key] for r in ok[side]) if ok[side] else None
+    if not ok["baseline"] or not ok["best"]:
+        out["verdict"] = "cannot confirm: every run of the " + ("baseline" if not ok["baseline"] else "best commit") + " crashed"
+        out["line"] = f"confirm: {out['verdict']}"
+        return out
+    test = {side: [r["figures"]["test_bpb"] for r in ok[side]] for side in ok}
+    spread = max([max(v) - min(v) for v in test.values()] + [night_noise_ or 0.0])
+    gain = out["test_bpb"]["baseline"] - out["test_bpb"]["best"]
+    val_gain = out["val_bpb"]["baseline"] - out["val_bpb"]["best"]
+    if gain <= 0:
+        verdict = "vanishes: on the test split the best commit is no better than the baseline"
+    elif gain <= spread:
+        verdict = f"shrinks into the noise: the test gain is within the spread of the repeats ({spread:.6f})"
+    else:
+        verdict = f"holds: the test gain is beyond the spread of the repeats ({spread:.6f})"
+        if gain < val_gain / 2:
+            verdict += ", though under half the val gain"
+    out.update(test_gain=gain, val_gain=val_gain, spread=spread, verdict=verdict,
+               line=(f"confirm: baseline test_bpb {out['test_bpb']['baseline']:.6f}, best test_bpb "
+                     f"{out['test_bpb']['best']:.6f}, gain {gain:.6f} (val gain {val_gain:.6f}); {verdict}"))
+    return out
+
+
+def confirmation_path(beside):
+    return os.path.join(os.path.dirname(os.path.abspath(beside)), "confirm.json")
+
+
+def read_confirmation(beside):
+    try:
+        with open(confirmation_path(beside)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def cmd_confirm(log, n_runs, as_json):
+    try:
+        rows, _ = read_log(log)
+    except OSError as e:
+        print(f"error: cannot read {log}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    base, best = confirm_targets(rows)
+    if base is None or best["commit"] == base["commit"]:
+        print(f"error: nothing to confirm: {log} has no kept commit better than the baseline", file=sys.stderr)
+        return 1
+    import prepare  # the cache this night ran against: its test split must exist
+    if not os.path.exists(prepare.TEST_ROWS_FILE):
+        print(f"error: {prepare.CACHE_DIR} has no test split (prepared before there were any): prepare a new "
+              f"cache, AUTORESEARCH_CACHE=<new folder> uv run prepare.py ..., and run the night there", file=sys.stderr)
+        return 1
+    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if as_json else (lambda *a: print(*a, flush=True))
+    tmp = tempfile.mkdtemp(prefix="autoresearch-confirm-")
+    trees, runs, t0 = {}, {"baseline": [], "best": []}, time.time()
+    order = ["baseline", "best"] * n_runs  # alternating: a slow spell of the machine hits both
+    try:
+        for side, row in (("baseline", base), ("best", best)):
+            trees[side] = os.path.join(tmp, side)
+            subprocess.run(["git", "worktree", "add", "--quiet", "--detach", trees[side], row["commit"]],
+                           check=True, capture_output=True)
+        for i, side in enumerate(order, 1):
+            row, elapsed = (base if side == "baseline" else best), time.time() - t0
+            left = f", about {elapsed / (i - 1) * (len(order) - i + 1) / 60:.0f} min left" if i > 1 else ""
+            say(f"[{i}/{len(order)}] {side} {row['commit']}: training ({elapsed / 60:.0f} min elapsed{left})")
+            figures, why = confirmation_run(trees[side], os.path.join(tmp, f"run{i}.log"))
+            runs[side].append({"figures": figures, "crash": why})
+            say("    " + (f"val_bpb {figures['val_bpb']:.6f}, test_bpb {figures['test_bpb']:.6f}, "
+                         f"{figures['num_steps']:.0f} steps" if figures else f"not counted: {why}"))
+    except KeyboardInterrupt:
+        print("interrupted: the temporary worktrees are removed; HEAD, the work tree and the log are as they were",
+              file=sys.stderr)
+        return 130
+    except subprocess.CalledProcessError as e:
+        print(f"error: git worktree add failed: {e.stderr.decode().strip()}", file=sys.stderr)
+        return 1
+    finally:
+        for path in trees.values():
+            subprocess.run(["git", "worktree", "remove", "--force", path], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        subprocess.run(["git", "worktree", "prune"], capture_output=True)
+    result = confirmation_verdict(runs, night_noise(rows))
+    result["runs"] = runs
+    for side, row in (("baseline", base), ("best", best)):
+        result[side] = {"commit": row["commit"], "index": row["index"], "logged_val_bpb": row["val_bpb"],
+                        "test_bpb": result["test_bpb"][side], "description": row["description"]}
+    with open(confirmation_path(log), "w") as f:
+        json.dump(result, f, indent=2)
+    print(json.dumps(result, indent=2) if as_json else result["line"])
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("logs", nargs="*", metavar="log",
@@ -640,7 +805,13 @@ def main(argv=None):
     ap.add_argument("--decide", action="store_true", help="program.md's Decide: judge run.log")
     ap.add_argument("--log", metavar="STATUS", help="program.md's Log: append run.log's row, "
                     "the description read from stdin")
+    ap.add_argument("--confirm", action="store_true", help="retrain the baseline and the best kept commit "
+                    "and score both on the test split")
+    ap.add_argument("--runs", type=int, default=2, help="--confirm: runs of each commit (default 2)")
     args = ap.parse_args(argv)
+
+    if args.confirm:
+        return cmd_confirm(args.logs[0] if args.logs else "results.tsv", max(1, args.runs), args.json)
 
     if args.decide or args.log:
         log = args.logs[0] if args.logs else "results.tsv"
