@@ -15,6 +15,7 @@ change it between releases only, e.g. to add a GPU to the peak table.
 import argparse
 import base64
 import bisect
+import codecs
 import errno
 import fcntl
 import json
@@ -175,7 +176,9 @@ def download_file(url, path, attempts=5, backoff=1.0):
     name = os.path.basename(path)
     for attempt in range(1, attempts + 1):
         try:
-            with atomic_path(path) as tmp, requests.get(url, stream=True, timeout=(10, 60)) as r:
+            # identity: Content-Length then counts the bytes we receive, also from a mirror that compresses
+            with atomic_path(path) as tmp, requests.get(url, stream=True, timeout=(10, 60),
+                                                        headers={"Accept-Encoding": "identity"}) as r:
                 r.raise_for_status()
                 expected = int(r.headers.get("Content-Length", -1))
                 received = 0
@@ -306,23 +309,36 @@ def local_files(path):
 
 
 def read_lines(path):
-    """Lines of a text file as str; invalid UTF-8 is replaced (and counted) rather than fatal."""
+    """Lines of a text file as str (a huge line in pieces); invalid UTF-8 is replaced (and counted)
+    rather than fatal."""
     bad = 0
+    decoder = codecs.getincrementaldecoder("utf-8")()  # a piece may end inside a character
     with open(path, "rb") as f:
         for raw in iter(lambda: f.readline(1 << 20), b""):  # bounded: a file may be one huge line
             try:
-                yield raw.decode("utf-8")
+                yield decoder.decode(raw)
             except UnicodeDecodeError:
                 bad += 1
+                decoder.reset()
                 yield raw.decode("utf-8", errors="replace")
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:  # the file ends inside a character
+        bad += 1
     if bad:
         print(f"  warning: {path}: {bad} lines were not valid UTF-8; bad bytes replaced with U+FFFD")
 
 
 def text_documents(path):
-    """A .txt/.md file is one document, or several cut at paragraph breaks when it is long."""
+    """A .txt/.md file is one document, or several cut at paragraph breaks when it is long (and a
+    paragraph too long for one document at a space)."""
     doc, size = [], 0
     for line in read_lines(path):
+        while size + len(line) > 4 * DOC_CHARS:
+            room = 4 * DOC_CHARS - size
+            cut = line.rfind(" ", room // 2, room) + 1 or room
+            yield "".join(doc) + line[:cut]
+            doc, size, line = [], 0, line[cut:]
         doc.append(line)
         size += len(line)
         if size >= DOC_CHARS and (not line.strip() or size >= 4 * DOC_CHARS):
