@@ -495,8 +495,10 @@ def cmd_decide(log):
             parts.append(f"{run['num_steps']:.0f} steps")
         if run["peak_vram_mb"] is not None:
             parts.append(f"{run['peak_vram_mb'] / 1024:.1f} GB")
+        if run["mfu_percent"] is not None:
+            parts.append(f"MFU {run['mfu_percent']:.1f}%")
         if run["total_seconds"] is not None:
-            parts.append(f"{run['total_seconds']:.0f} s in all")
+            parts.append(f"{run['training_seconds'] or 0:.0f} s of training, {run['total_seconds']:.0f} s in all")
         print(f"run:      {', '.join(parts)} (commit {head})")
     if d["pair"]:
         print(f"pair:     mean of {d['pair'][0]:.6f} and {d['pair'][1]:.6f} = {d['value']:.6f}")
