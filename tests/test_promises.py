@@ -3,7 +3,6 @@
 Every test here was proven by breaking prepare.py or train.py on purpose and watching it fail.
 Not tested twice: present, valid shards are not fetched again (test_prepare.py's
 test_prepare_downloads_then_reruns_as_a_no_op_and_refetches_a_corrupt_shard counts a rerun's requests).
-One test is a strict expected failure: a bug in prepare.py this file found, left for its owner.
 """
 import functools
 import http.server
