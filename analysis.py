@@ -176,6 +176,19 @@ def y_limits(rows, baseline):
     return vals[0] - 1.5 * pad, top + pad
 
 
+def finish_chart(fig, ax, xlabel, png_path):
+    ax.set_xlabel(xlabel, fontsize=12)
+    ax.set_ylabel("validation bits per byte (lower is better)", fontsize=12)
+    ax.grid(True, color="0.92", linewidth=0.8, zorder=0)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(loc="upper right", fontsize=10, facecolor="white", edgecolor="none", framealpha=0.9)
+    fig.tight_layout()
+    fig.savefig(png_path, bbox_inches="tight")  # room for labels running past the right edge
+
+
 def plot(rows, summary, png_path):
     import matplotlib
     matplotlib.use("Agg")
@@ -275,17 +288,7 @@ def plot(rows, summary, png_path):
     else:
         subtitle = f"val_bpb {base['val_bpb']:.4f}, no improvement on the baseline yet"
     ax.text(0, 1.015, subtitle, transform=ax.transAxes, fontsize=11, color="0.3", va="bottom")
-    ax.set_xlabel("experiment #", fontsize=12)
-    ax.set_ylabel("validation bits per byte (lower is better)", fontsize=12)
-    ax.grid(True, color="0.92", linewidth=0.8, zorder=0)
-    ax.set_axisbelow(True)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.legend(loc="upper right", fontsize=10, facecolor="white", edgecolor="none",
-              framealpha=0.9)
-    fig.tight_layout()
-    fig.savefig(png_path, bbox_inches="tight")  # room for labels running past the right edge
+    finish_chart(fig, ax, "experiment #", png_path)
     plt.close(fig)
 
 
@@ -610,16 +613,7 @@ def plot_many(logs, png_path):
         baseline = max(s["baseline"]["val_bpb"] for _, _, s in logs if s["baseline"])
         ax.set_ylim(*y_limits(vals, baseline))
     ax.set_title(f"autoresearch: {len(logs)} logs, {total} experiments, {kept} kept", fontsize=15, loc="left")
-    ax.set_xlabel("experiment # (per log)", fontsize=12)
-    ax.set_ylabel("validation bits per byte (lower is better)", fontsize=12)
-    ax.grid(True, color="0.92", linewidth=0.8, zorder=0)
-    ax.set_axisbelow(True)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.legend(loc="upper right", fontsize=10, facecolor="white", edgecolor="none", framealpha=0.9)
-    fig.tight_layout()
-    fig.savefig(png_path, bbox_inches="tight")
+    finish_chart(fig, ax, "experiment # (per log)", png_path)
     plt.close(fig)
 
 

@@ -1,8 +1,11 @@
 """Shared fixtures: tiny real-English corpora and prepared caches, all in temporary folders."""
 import ast
+import gzip
+import http.server
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -62,3 +65,55 @@ def smoke_cache(tmp_path_factory, corpus):
     cache = tmp_path_factory.mktemp("smoke_cache")
     run_prepare(cache, "--data", corpus, "--setup", "smoke")
     return str(cache)
+
+
+class ShardServer(http.server.ThreadingHTTPServer):
+    """Serves {url path: bytes} on 127.0.0.1 from a thread of its own, and counts requests. Faults
+    to inject per path: `failures` answers HTTP 503 that many times first; `truncate` sends half the
+    file, claimed whole, that many times; `plan` lists (body, Content-Length) pairs the next
+    responses send instead of the file. `compress` gzips for clients that accept it, as some
+    mirrors do."""
+
+    def __init__(self, files):
+        self.files, self.failures, self.truncate, self.plan, self.hits = files, {}, {}, {}, {}
+        self.compress = False
+        super().__init__(("127.0.0.1", 0), ShardHandler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def endpoint(self):
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def url(self, path):
+        return self.endpoint + path
+
+
+class ShardHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        srv = self.server
+        srv.hits[self.path] = srv.hits.get(self.path, 0) + 1
+        if self.path not in srv.files:
+            self.send_error(404)
+            return
+        if srv.failures.get(self.path, 0) > 0:
+            srv.failures[self.path] -= 1
+            self.send_error(503)
+            return
+        planned = srv.plan.get(self.path)
+        body, length = planned.pop(0) if planned else (srv.files[self.path], None)
+        if srv.truncate.get(self.path, 0) > 0:
+            srv.truncate[self.path] -= 1
+            body = body[: len(body) // 2]  # a proxy that cuts the file and sends the cut part as whole
+        self.send_response(200)
+        if srv.compress and "gzip" in self.headers.get("Accept-Encoding", ""):
+            body = gzip.compress(body)
+            self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body) if length is None else length))
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):  # the client stopped at the length it was told
+            pass
+
+    def log_message(self, *args):
+        pass

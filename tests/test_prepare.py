@@ -1,8 +1,6 @@
 """prepare.py: downloads, local packing, tokenizer, dataloader, the metric and its error messages."""
 import errno
 import fcntl
-import gzip
-import http.server
 import importlib
 import json
 import math
@@ -11,7 +9,6 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, run_prepare, stdlib_documents, write_corpus
+from conftest import ROOT, ShardServer, run_prepare, stdlib_documents, write_corpus
 
 sys.path.insert(0, ROOT)
 
@@ -44,47 +41,6 @@ def assert_one_line_error(result, *needles):
 # ---------------------------------------------------------------------------
 # Downloads, against a local HTTP server
 
-class ShardServer(http.server.ThreadingHTTPServer):
-    """Serves files from a dict {url path: bytes}; `failures` makes a path fail that many times
-    first (HTTP 503), `truncate` makes it send only half the file that many times."""
-
-    def __init__(self, files):
-        self.files, self.failures, self.truncate, self.hits = files, {}, {}, {}
-        self.compress = False  # gzip whatever the client accepts gzipped, as some mirrors do
-        super().__init__(("127.0.0.1", 0), Handler)
-
-    @property
-    def endpoint(self):
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        srv = self.server
-        srv.hits[self.path] = srv.hits.get(self.path, 0) + 1
-        if self.path not in srv.files:
-            self.send_error(404)
-            return
-        if srv.failures.get(self.path, 0) > 0:
-            srv.failures[self.path] -= 1
-            self.send_error(503)
-            return
-        body = srv.files[self.path]
-        if srv.truncate.get(self.path, 0) > 0:
-            srv.truncate[self.path] -= 1
-            body = body[: len(body) // 2]  # a proxy that cuts the file but claims it is whole
-        self.send_response(200)
-        if srv.compress and "gzip" in self.headers.get("Accept-Encoding", ""):
-            body = gzip.compress(body)
-            self.send_header("Content-Encoding", "gzip")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 def parquet_bytes(tmp_path, texts, name):
     path = tmp_path / name
     pq.write_table(pa.table({"text": texts}), path, row_group_size=64, compression="zstd")
@@ -102,7 +58,6 @@ def server(tmp_path):
         f"{repo}/shard_01822.parquet": parquet_bytes(tmp_path, docs[5::6], "d.parquet"),  # validation
     }
     srv = ShardServer(files)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield srv
     srv.shutdown()
 

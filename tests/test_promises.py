@@ -5,7 +5,6 @@ Not tested twice: present, valid shards are not fetched again (test_prepare.py's
 test_prepare_downloads_then_reruns_as_a_no_op_and_refetches_a_corrupt_shard counts a rerun's requests).
 """
 import functools
-import http.server
 import importlib
 import json
 import math
@@ -15,7 +14,6 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import types
 
 import numpy as np
@@ -25,7 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, stdlib_documents
+from conftest import ROOT, ShardServer, stdlib_documents
 
 sys.path.insert(0, ROOT)
 
@@ -155,40 +153,6 @@ def test_data_shuffles_training_and_spreads_validation_evenly(numbered, monkeypa
 # ---------------------------------------------------------------------------
 # A local HTTP server for downloads
 
-class Server(http.server.ThreadingHTTPServer):
-    """Serves {url path: bytes} on 127.0.0.1 and counts requests. `plan[path]` lists what the next
-    responses send instead of the file: (body, Content-Length) pairs."""
-
-    def __init__(self, files):
-        self.files, self.plan, self.hits = files, {}, {}
-        super().__init__(("127.0.0.1", 0), ServerHandler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    def url(self, path):
-        return f"http://127.0.0.1:{self.server_address[1]}{path}"
-
-
-class ServerHandler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        srv = self.server
-        srv.hits[self.path] = srv.hits.get(self.path, 0) + 1
-        if self.path not in srv.files:
-            self.send_error(404)
-            return
-        planned = srv.plan.get(self.path)
-        body, length = planned.pop(0) if planned else (srv.files[self.path], None)
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body) if length is None else length))
-        self.end_headers()
-        try:
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):  # the client stopped at the length it was told
-            pass
-
-    def log_message(self, *args):
-        pass
-
-
 def parquet_bytes(tmp_path, texts, name="shard.parquet"):
     path = tmp_path / name
     pq.write_table(pa.table({"text": texts}), path, row_group_size=64, compression="zstd")
@@ -200,17 +164,20 @@ def parquet_bytes(tmp_path, texts, name="shard.parquet"):
 
 REPO = "/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
 VAL_WORD = " Xqkvw"  # only in the validation shard, hundreds of times: a tokenizer that saw it merges it
+TEST_WORD = " Zjxpq"  # the same, for the test shard
 
 
 @pytest.fixture(scope="module")
 def downloaded(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("download_src")
-    docs = documents()[:240]
+    docs = documents()[:280]
     train = [f"Training document {i}. {text}" for i, text in enumerate(docs[:200])]
-    val = [f"Validation document №{j}:{VAL_WORD * 50} {text}" for j, text in enumerate(docs[200:])]
-    srv = Server({f"{REPO}/shard_00000.parquet": parquet_bytes(tmp, train[0::2], "a.parquet"),
-                  f"{REPO}/shard_00001.parquet": parquet_bytes(tmp, train[1::2], "b.parquet"),
-                  f"{REPO}/shard_01822.parquet": parquet_bytes(tmp, val, "c.parquet")})
+    val = [f"Validation document №{j}:{VAL_WORD * 50} {text}" for j, text in enumerate(docs[200:240])]
+    test = [f"Test document §{j}:{TEST_WORD * 50} {text}" for j, text in enumerate(docs[240:])]
+    srv = ShardServer({f"{REPO}/shard_00000.parquet": parquet_bytes(tmp, train[0::2], "a.parquet"),
+                       f"{REPO}/shard_00001.parquet": parquet_bytes(tmp, train[1::2], "b.parquet"),
+                       f"{REPO}/shard_01821.parquet": parquet_bytes(tmp, test, "t.parquet"),
+                       f"{REPO}/shard_01822.parquet": parquet_bytes(tmp, val, "c.parquet")})
     cache = tmp_path_factory.mktemp("download_cache")
     prepare_in_process(cache, HF_ENDPOINT=srv.url(""))
     yield str(cache), len(train)
@@ -224,6 +191,7 @@ def test_downloaded_validation_shard_never_reaches_training_or_the_tokenizer(dow
     assert [os.path.basename(p) for p in prep.training_shards()] == ["shard_00000.parquet", "shard_00001.parquet"]
     tok = prep.Tokenizer.from_directory()
     assert len(tok.encode(VAL_WORD)) >= 4, tok.encode(VAL_WORD)  # the tokenizer never saw validation text
+    assert len(tok.encode(TEST_WORD)) >= 4, tok.encode(TEST_WORD)  # nor test text
     # the training batches, for a whole epoch and a bit: every training document, no validation one
     loader = prep.make_dataloader(tok, 8, 128, "train", device="cpu")
     text, epoch = [], 1
@@ -231,7 +199,7 @@ def test_downloaded_validation_shard_never_reaches_training_or_the_tokenizer(dow
         x, y, epoch = next(loader)
         text += [tok.decode(row) for row in torch.cat([x, y[:, -1:]], dim=1).tolist()]
     text = "".join(text)
-    assert "№" not in text and "Xqkvw" not in text
+    assert "№" not in text and "Xqkvw" not in text and "§" not in text and "Zjxpq" not in text
     # (a document's name is missing only where a row ends inside it)
     assert len(set(re.findall(r"Training document (\d+)\.", text))) > 0.9 * n_train
 
@@ -243,7 +211,7 @@ def test_downloaded_validation_shard_never_reaches_training_or_the_tokenizer(dow
 @pytest.fixture
 def one_shard(tmp_path):
     body = parquet_bytes(tmp_path, documents()[:300])
-    srv = Server({"/shard.parquet": body})
+    srv = ShardServer({"/shard.parquet": body})
     yield srv, "/shard.parquet", body
     srv.shutdown()
 
