@@ -96,10 +96,8 @@ def attention(q, k, v, window_size):
 
 
 print(f"Device: {device_name(device)}, {'bf16 autocast' if USE_BF16 else 'fp32'}, torch.compile {'on' if COMPILE else 'off'}")
-if fa3 is not None:
-    print(f"Attention: Flash Attention 3 ({fa3_note})")
-else:
-    print(f"Attention: PyTorch SDPA with causal sliding-window masks (Flash Attention 3 {fa3_note})")
+print(f"Attention: Flash Attention 3 ({fa3_note})" if fa3 is not None else
+      f"Attention: PyTorch SDPA with causal sliding-window masks (Flash Attention 3 {fa3_note})")
 
 # ---------------------------------------------------------------------------
 # GPT model
@@ -563,11 +561,8 @@ def build_model_config(depth):
     base_dim = depth * ASPECT_RATIO
     model_dim = ((base_dim + HEAD_DIM - 1) // HEAD_DIM) * HEAD_DIM  # round up to whole heads
     num_heads = model_dim // HEAD_DIM
-    return GPTConfig(
-        sequence_len=MAX_SEQ_LEN, vocab_size=vocab_size,
-        n_layer=depth, n_head=num_heads, n_kv_head=num_heads, n_embd=model_dim,
-        window_pattern=WINDOW_PATTERN,
-    )
+    return GPTConfig(sequence_len=MAX_SEQ_LEN, vocab_size=vocab_size, n_layer=depth, n_head=num_heads,
+                     n_kv_head=num_heads, n_embd=model_dim, window_pattern=WINDOW_PATTERN)
 
 
 config = build_model_config(DEPTH)
@@ -593,15 +588,9 @@ assert TOTAL_BATCH_SIZE % tokens_per_fwdbwd == 0, (
     f"({DEVICE_BATCH_SIZE} * {MAX_SEQ_LEN} = {tokens_per_fwdbwd:,})")
 grad_accum_steps = TOTAL_BATCH_SIZE // tokens_per_fwdbwd
 
-optimizer = model.setup_optimizer(
-    unembedding_lr=UNEMBEDDING_LR,
-    embedding_lr=EMBEDDING_LR,
-    scalar_lr=SCALAR_LR,
-    adam_betas=ADAM_BETAS,
-    matrix_lr=MATRIX_LR,
-    weight_decay=WEIGHT_DECAY,
-    compile=COMPILE_OPTIMIZER,
-)
+optimizer = model.setup_optimizer(unembedding_lr=UNEMBEDDING_LR, embedding_lr=EMBEDDING_LR, scalar_lr=SCALAR_LR,
+                                  adam_betas=ADAM_BETAS, matrix_lr=MATRIX_LR, weight_decay=WEIGHT_DECAY,
+                                  compile=COMPILE_OPTIMIZER)
 
 if COMPILE:
     model = torch.compile(model, dynamic=False)
@@ -636,7 +625,6 @@ def get_weight_decay(progress):
 # Training loop
 # ---------------------------------------------------------------------------
 
-t_start_training = time.time()
 smooth_train_loss = 0
 total_training_time = 0
 step = 0
@@ -673,8 +661,7 @@ while True:
         sys.exit(1)
 
     synchronize(device)
-    t1 = time.time()
-    dt = t1 - t0
+    dt = time.time() - t0
 
     if step >= UNTIMED_STEPS:  # the first steps compile and warm up: they don't count toward the budget
         total_training_time += dt
@@ -683,12 +670,11 @@ while True:
     ema_beta = 0.9
     smooth_train_loss = ema_beta * smooth_train_loss + (1 - ema_beta) * train_loss_f
     debiased_smooth_loss = smooth_train_loss / (1 - ema_beta**(step + 1))
-    pct_done = 100 * progress
     tok_per_sec = int(TOTAL_BATCH_SIZE / dt)
     mfu = 100 * num_flops_per_token * TOTAL_BATCH_SIZE / dt / peak_flops
     remaining = max(0, TIME_BUDGET - total_training_time)
 
-    print(f"\rstep {step:05d} ({pct_done:.1f}%) | loss: {debiased_smooth_loss:.6f} | lrm: {lrm:.2f} | dt: {dt*1000:.0f}ms | tok/sec: {tok_per_sec:,} | mfu: {mfu:.1f}% | epoch: {epoch} | remaining: {remaining:.0f}s    ", end="", flush=True)
+    print(f"\rstep {step:05d} ({100 * progress:.1f}%) | loss: {debiased_smooth_loss:.6f} | lrm: {lrm:.2f} | dt: {dt*1000:.0f}ms | tok/sec: {tok_per_sec:,} | mfu: {mfu:.1f}% | epoch: {epoch} | remaining: {remaining:.0f}s    ", end="", flush=True)
 
     # GC management: Python's collector causes ~500ms stalls, and the loop makes little garbage
     if step == 0:

@@ -21,6 +21,7 @@ def prepare(monkeypatch, tmp_path):
 
 
 def test_cpu_peak_is_measured_once_per_machine_and_kept(prepare, monkeypatch):
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # a quiet machine
     calls = []
     monkeypatch.setattr(prepare, "measure_matmul_flops", lambda dtype: calls.append(dtype) or 123e9)
     cpu = torch.device("cpu")
@@ -37,6 +38,18 @@ def test_cpu_peak_is_measured_once_per_machine_and_kept(prepare, monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert len(calls) == 3
+
+
+def test_a_peak_measured_on_a_busy_machine_is_measured_again_when_quiet(prepare, monkeypatch):
+    rates = iter([50e9, 200e9])
+    monkeypatch.setattr(prepare, "measure_matmul_flops", lambda dtype: next(rates))
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(os, "getloadavg", lambda: (100.0, 0.0, 0.0))
+    assert prepare.peak_flops_of(cpu, bf16=True) == 50e9
+    assert prepare.peak_flops_of(cpu, bf16=True) == 50e9  # still busy: the kept figure, no new probe
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert prepare.peak_flops_of(cpu, bf16=True) == 200e9  # quiet: measured again, and kept
+    assert prepare.peak_flops_of(cpu, bf16=True) == 200e9
 
 
 def test_matmul_probe_measures_a_plausible_rate(prepare):
