@@ -75,7 +75,7 @@ def step_seconds(train, tokenizer, model, compiled, optimizer, batch_size=32, wa
         loss.backward()
         optimizer.step()
         model.zero_grad(set_to_none=True)
-        train.synchronize()
+        train.synchronize(train.device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times[warmup:])
 
