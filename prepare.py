@@ -7,8 +7,8 @@ The judge: one-time data preparation and the runtime utilities train.py imports.
 Downloads (or packs) the data, trains the tokenizer, freezes the validation tokens and records the
 setup in the cache, so that every experiment against one cache is measured the same way.
 train.py imports the setup's constants (MAX_SEQ_LEN, TIME_BUDGET, EVAL_TOKENS, SETUP), Tokenizer,
-make_dataloader and evaluate_bpb, and the hardware helpers below (the device, its name, its peak
-FLOP/s and memory). The agent never edits this file: it is how val_bpb is defined. Maintainers
+make_dataloader and evaluate_bpb, and the hardware helpers below (the device and its name, native
+bf16, process tuning, synchronize, the Flash Attention 3 loader, peak FLOP/s and memory). The agent never edits this file: it is how val_bpb is defined. Maintainers
 change it between releases only, e.g. to add a GPU to the peak table.
 """
 
@@ -16,11 +16,13 @@ import argparse
 import base64
 import bisect
 import codecs
+import ctypes
 import errno
 import fcntl
 import json
 import math
 import os
+import platform
 import random
 import shutil
 import subprocess
@@ -609,7 +611,11 @@ def make_dataloader(tokenizer, B, T, split, device=None):
 
 
 # ---------------------------------------------------------------------------
-# Hardware: the device, and the peaks that MFU and peak memory are read against
+# Hardware: the device, the process settings that suit it, and the peaks that MFU and peak memory
+# are read against. Infrastructure, not research: train.py calls these once each.
+
+PEAK_FLOPS_FILE = os.path.join(CACHE_DIR, "peak_flops.json")  # CPU matmul peaks, measured once per machine
+
 
 def default_device():
     """CUDA, else Apple's MPS, else the CPU (a CUDA build of torch on a machine without a GPU: CPU)."""
@@ -626,6 +632,63 @@ def device_name(device):
     if device.type == "mps":
         return "Apple GPU (MPS)"
     return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def bf16_is_native(device):
+    """Whether bf16 math is native: NVIDIA GPUs from Ampere on, CPUs with AVX512-BF16 or AMX (there
+    a bf16 matmul runs several times an fp32 one). Elsewhere bf16 is emulated, slower than fp32.
+    MPS counts as not: bf16 there needs macOS 14 and recent chips to pay off."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability() >= (8, 0)
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
+
+
+def tune_process(device, compile):
+    """Process settings for training on `device` that change no result, only speed."""
+    if device.type != "cpu":
+        return
+    if compile and shutil.which("g++"):
+        # inductor checks every vector ISA the CPU reports by building and loading a test in a fresh
+        # Python process each, seconds of every run: trust the CPU's flags instead where g++ knows
+        # them all (AMX needs g++ 11)
+        version = subprocess.run(["g++", "-dumpversion"], capture_output=True, text=True).stdout
+        torch._inductor.config.cpp.vec_isa_ok = int(version.split(".")[0] or 0) >= 11 or None
+    if platform.libc_ver()[0] == "glibc":
+        # A CPU training step frees and re-allocates gigabytes of activations and logits. By default
+        # glibc hands big blocks back to the kernel, and every step pays to fault them in again,
+        # zeroed. Keep freed memory in the process instead (torch puts big CPU tensors on 2 MB pages
+        # when THP_MEM_ALLOC_ENABLE is set before it starts, as train.py does).
+        M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # from glibc's malloc.h
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_MAX, 0)  # big blocks come from the heap, not from fresh mappings...
+        libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)  # ...and the heap is never trimmed
+
+
+def synchronize(device):
+    """Wait for queued device work, so that wall-clock timings are real."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def load_flash_attention_3(device):
+    """Flash Attention 3 from the Hugging Face kernel hub and where it came from, or None and why not."""
+    if device.type != "cuda":
+        return None, f"needs a CUDA GPU, this is {device.type}"
+    try:
+        from kernels import get_kernel
+        # varunneal's build is for Hopper (compute capability 9.0); kernels-community's for the rest
+        repo = "varunneal/flash-attention-3" if torch.cuda.get_device_capability() == (9, 0) else "kernels-community/flash-attn3"
+        fa3 = get_kernel(repo).flash_attn_interface
+        q = torch.zeros(1, 8, 1, 64, device=device, dtype=torch.bfloat16)
+        fa3.flash_attn_func(q, q, q, causal=True, window_size=(4, 0))  # loading is not running: try it once
+        return fa3, repo
+    except Exception as e:  # offline, no build for this GPU or torch, ...: many kinds, none fatal
+        reason = (str(e).strip().splitlines() or [""])[0][:150]
+        return None, f"unavailable: {type(e).__name__}: {reason}"
 
 
 # Dense bf16 tensor-core peaks (vendor datasheets, without sparsity); the first name contained in
@@ -645,11 +708,57 @@ MPS_PEAK_FLOPS = [
     ("M3 Ultra", 32.8e12), ("M3 Max", 16.4e12), ("M3 Pro", 7.4e12), ("M3", 4.1e12),
     ("M4 Max", 18.4e12), ("M4 Pro", 9.2e12), ("M4", 4.6e12),
 ]
-# CPUs: the best square-matmul rate measured per thread, times the threads torch uses. On the 2-core
-# Xeon (AVX-512 + AMX) this was developed on, torch 2.9.1 reached 1,140 GFLOP/s in bf16 on 2 threads
-# (n=1024; 585-640 for n=2048-4096, 390-420 on one thread) and 155 per thread in fp32. So a thread's
-# peak is 570 GFLOP/s in bf16, 155 in fp32; CPUs without AMX reach less, and there MFU reads low.
-CPU_PEAK_FLOPS_PER_THREAD = {True: 570e9, False: 155e9}  # by bf16
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):  # not Linux
+        return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True).stdout.strip()
+
+
+def measure_matmul_flops(dtype, sizes=(512, 1024, 2048), seconds=0.3):
+    """The best rate of square matmuls in `dtype` on the CPU, over a few sizes (which one is best
+    depends on the CPU's caches): the peak a CPU's MFU is read against. CPUs have no datasheet
+    figure that holds across models, vector units, clocks and thread counts, so we measure. Each
+    size keeps its fastest single product: a machine shared with other work still has moments
+    when it runs alone, and a product caught in one of them is the machine's own speed."""
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b  # the first call picks and prepares the kernel
+        t_end = time.perf_counter() + seconds
+        while time.perf_counter() < t_end:
+            t0 = time.perf_counter()
+            a @ b
+            best = max(best, 2 * n**3 / (time.perf_counter() - t0))
+    return best
+
+
+def cpu_peak_flops(dtype):
+    """This machine's matmul peak in `dtype`, measured on first use (about a second) and kept in the
+    cache, keyed by everything it depends on, so later runs pay nothing. A figure measured while
+    the machine was busier than it has cores reads low: the next quiet start measures again."""
+    key = f"{cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__} | {dtype}"
+    try:
+        with open(PEAK_FLOPS_FILE) as f:
+            peaks = json.load(f)
+    except (OSError, ValueError):
+        peaks = {}
+    quiet = os.getloadavg()[0] <= (os.cpu_count() or 1)
+    kept = peaks.get(key)
+    if kept and (kept["quiet"] or not quiet):
+        return kept["flops"]
+    flops = max(measure_matmul_flops(dtype), kept["flops"] if kept else 0)
+    peaks[key] = dict(flops=flops, quiet=quiet)
+    print(f"Measured this CPU's matmul peak for MFU: {flops / 1e9:,.0f} GFLOP/s ({key})"
+          + ("" if quiet else "; the machine is busy, so MFU may read high: measured again when it is quiet"))
+    try:
+        write_json_atomically(PEAK_FLOPS_FILE, peaks)
+    except OSError:  # no cache folder: measure again next time
+        pass
+    return flops
 
 
 def peak_flops_of(device, bf16):
@@ -661,9 +770,8 @@ def peak_flops_of(device, bf16):
         print(f"Unknown GPU {device_name(device)!r}: MFU is against an H100's 989.5 TFLOP/s (add yours to GPU_PEAK_FLOPS in prepare.py)")
         return 989.5e12
     if device.type == "mps":
-        chip = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True).stdout
-        return next((flops for name, flops in MPS_PEAK_FLOPS if name in chip), 32.8e12)
-    return CPU_PEAK_FLOPS_PER_THREAD[bf16] * torch.get_num_threads()
+        return next((flops for name, flops in MPS_PEAK_FLOPS if name in cpu_model()), 32.8e12)
+    return cpu_peak_flops(torch.bfloat16 if bf16 else torch.float32)
 
 
 def peak_memory_mb(device):

@@ -13,13 +13,11 @@ t_start = time.time()  # total_seconds counts from here: imports and start-up ar
 import os
 os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")  # less GPU memory fragmentation
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # keep run.log free of download bars
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # big CPU tensors on 2 MB pages; read at torch's first allocation
 
-import ctypes
 import gc
 import math
-import platform
 import shutil
-import subprocess
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, asdict
@@ -29,7 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from prepare import MAX_SEQ_LEN, TIME_BUDGET, EVAL_TOKENS, SETUP, Tokenizer, make_dataloader, evaluate_bpb
-from prepare import default_device, device_name, peak_flops_of, peak_memory_mb
+from prepare import (default_device, device_name, bf16_is_native, tune_process, synchronize,
+                     load_flash_attention_3, peak_flops_of, peak_memory_mb)
 
 # Line-buffered stdout: output redirected to run.log must not sit in a buffer and land after a
 # crash's traceback, which has to be the last thing in the log.
@@ -41,81 +40,36 @@ sys.stdout.reconfigure(line_buffering=True)
 
 device = torch.device(default_device())  # CUDA, else Apple's MPS, else the CPU
 
-# bf16 autocast only where bf16 math is native: NVIDIA GPUs from Ampere on, and CPUs with AVX512-BF16
-# or AMX (there a bf16 matmul measured 3-5x an fp32 one). Elsewhere bf16 is emulated, slower than
-# fp32. MPS stays in fp32, the safe choice: bf16 there needs macOS 14 and recent chips to pay off.
-if device.type == "cuda":
-    USE_BF16 = torch.cuda.get_device_capability() >= (8, 0)
-elif device.type == "cpu":
-    USE_BF16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-else:
-    USE_BF16 = False
+# bf16 autocast where bf16 math is native (NVIDIA GPUs from Ampere on, CPUs with AVX512-BF16 or
+# AMX); elsewhere, MPS included, bf16 is emulated or unproven and we stay in fp32.
+USE_BF16 = bf16_is_native(device)
 autocast_ctx = torch.amp.autocast(device_type=device.type, dtype=torch.bfloat16) if USE_BF16 else nullcontext()
 COMPUTE_DTYPE = torch.bfloat16 if USE_BF16 else torch.float32  # also of the embedding and rotary tables
-
-# torch.compile fuses the model and the optimizer steps; its warm-up (the first steps) is not timed.
-# Always on CUDA. On the CPU it needs a C++ compiler and ~30 s of warm-up (10 s with a warm cache),
-# and pays off under `small` (2-core Xeon, DEPTH 4: 2.1-2.4x eager's steps); a `smoke` run is
-# shorter than that.
-COMPILE = device.type == "cuda" or (device.type == "cpu" and SETUP == "small" and shutil.which("g++") is not None)
-
 if device.type == "cuda":
     torch.set_float32_matmul_precision("high")  # TF32 for the few fp32 matmuls
-elif COMPILE:  # on the CPU, inductor checks every vector ISA the CPU reports by building and loading
-    # a test in a fresh Python process each, ~10 s of every run: trust the CPU's flags instead where
-    # g++ knows them all (AMX needs g++ 11)
-    gxx_version = subprocess.run(["g++", "-dumpversion"], capture_output=True, text=True).stdout
-    torch._inductor.config.cpp.vec_isa_ok = int(gxx_version.split(".")[0] or 0) >= 11 or None
 
-# A CPU training step frees and re-allocates gigabytes of activations and logits. By default glibc
-# hands big blocks back to the kernel, and every step pays to fault them in again, zeroed: keeping
-# freed memory in the process, on 2 MB pages, made a step ~1.2x faster on the 2-core Xeon.
-if device.type == "cpu" and platform.libc_ver()[0] == "glibc":
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # torch: CPU tensors of 2 MB and up on huge pages
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # from glibc's malloc.h
-    libc = ctypes.CDLL(None)
-    libc.mallopt(M_MMAP_MAX, 0)  # big blocks come from the heap, not from fresh mappings...
-    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)  # ...and the heap is never trimmed
+# torch.compile fuses the model (and on CUDA the optimizer's steps) at the cost of compiling in the
+# first step. Always on CUDA. On the CPU it needs a C++ compiler, and pays off under `small`, not
+# in a `smoke` run of seconds; compiling the CPU optimizer step costs more start-up than it saves.
+COMPILE = device.type == "cuda" or (device.type == "cpu" and SETUP == "small" and shutil.which("g++") is not None)
+COMPILE_OPTIMIZER = COMPILE and device.type == "cuda"
 
+# Steps that don't count toward the budget: the first compiles, the next warm up. CUDA keeps the
+# reference's 11 (caching allocator, autotuning, the compiled optimizer's own first calls);
+# on a CPU or MPS only the compile step and the one after it are slower than the rest.
+UNTIMED_STEPS = 11 if device.type == "cuda" else 2
 
-def synchronize():
-    """Wait for queued device work, so that wall-clock timings are real."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-def load_flash_attention_3():
-    """Flash Attention 3 from the Hugging Face kernel hub, or None with the reason."""
-    if device.type != "cuda":
-        return None, f"needs a CUDA GPU, this is {device.type}"
-    try:
-        from kernels import get_kernel
-        # varunneal's build is for Hopper (compute capability 9.0); kernels-community's for the rest
-        repo = "varunneal/flash-attention-3" if torch.cuda.get_device_capability() == (9, 0) else "kernels-community/flash-attn3"
-        fa3 = get_kernel(repo).flash_attn_interface
-        q = torch.zeros(1, 8, 1, 64, device=device, dtype=torch.bfloat16)
-        fa3.flash_attn_func(q, q, q, causal=True, window_size=(4, 0))  # loading is not running: try it once
-        return fa3, repo
-    except Exception as e:  # offline, no build for this GPU or torch, ...: many kinds, none fatal
-        reason = (str(e).strip().splitlines() or [""])[0][:150]
-        return None, f"unavailable: {type(e).__name__}: {reason}"
-
-
-fa3, fa3_note = load_flash_attention_3()
-_window_masks = {}  # (T, window, device) -> boolean mask, built once
+tune_process(device, COMPILE)  # memory allocator and compiler settings: speed only (see prepare.py)
+fa3, fa3_note = load_flash_attention_3(device)  # the reference attention kernel, where it loads
 
 
 def sliding_window_mask(T, window, device):
     """(T, T) boolean mask, True where query i may attend to key j: i - window <= j <= i. These are
-    exactly the keys Flash Attention 3 lets a query see with window_size=(window, 0)."""
-    key = (T, window, str(device))
-    if key not in _window_masks:
-        pos = torch.arange(T, device=device)
-        offset = pos[:, None] - pos[None, :]  # query index minus key index
-        _window_masks[key] = (offset >= 0) & (offset <= window)
-    return _window_masks[key]
+    exactly the keys Flash Attention 3 lets a query see with window_size=(window, 0). Built on each
+    call: the compiled model builds it in-graph, cheaply (a cache here would make it recompile)."""
+    pos = torch.arange(T, device=device)
+    offset = pos[:, None] - pos[None, :]  # query index minus key index
+    return (offset >= 0) & (offset <= window)
 
 
 def sdpa_attention(q, k, v, window):
@@ -142,10 +96,8 @@ def attention(q, k, v, window_size):
 
 
 print(f"Device: {device_name(device)}, {'bf16 autocast' if USE_BF16 else 'fp32'}, torch.compile {'on' if COMPILE else 'off'}")
-if fa3 is not None:
-    print(f"Attention: Flash Attention 3 ({fa3_note})")
-else:
-    print(f"Attention: PyTorch SDPA with causal sliding-window masks (Flash Attention 3 {fa3_note})")
+print(f"Attention: Flash Attention 3 ({fa3_note})" if fa3 is not None else
+      f"Attention: PyTorch SDPA with causal sliding-window masks (Flash Attention 3 {fa3_note})")
 
 # ---------------------------------------------------------------------------
 # GPT model
@@ -606,11 +558,8 @@ def build_model_config(depth):
     base_dim = depth * ASPECT_RATIO
     model_dim = ((base_dim + HEAD_DIM - 1) // HEAD_DIM) * HEAD_DIM  # round up to whole heads
     num_heads = model_dim // HEAD_DIM
-    return GPTConfig(
-        sequence_len=MAX_SEQ_LEN, vocab_size=vocab_size,
-        n_layer=depth, n_head=num_heads, n_kv_head=num_heads, n_embd=model_dim,
-        window_pattern=WINDOW_PATTERN,
-    )
+    return GPTConfig(sequence_len=MAX_SEQ_LEN, vocab_size=vocab_size, n_layer=depth, n_head=num_heads,
+                     n_kv_head=num_heads, n_embd=model_dim, window_pattern=WINDOW_PATTERN)
 
 
 config = build_model_config(DEPTH)
@@ -620,9 +569,6 @@ with torch.device("meta"):  # no memory and no initialisation work until the rea
     model = GPT(config)
 model.to_empty(device=device)
 model.init_weights()
-if fa3 is None:  # build the attention masks now: building them inside the compiled model recompiles it
-    for window, _ in model.window_sizes:
-        sliding_window_mask(MAX_SEQ_LEN, window, model.cos.device)
 
 param_counts = model.num_scaling_params()
 print("Parameter counts:")
@@ -639,15 +585,9 @@ assert TOTAL_BATCH_SIZE % tokens_per_fwdbwd == 0, (
     f"({DEVICE_BATCH_SIZE} * {MAX_SEQ_LEN} = {tokens_per_fwdbwd:,})")
 grad_accum_steps = TOTAL_BATCH_SIZE // tokens_per_fwdbwd
 
-optimizer = model.setup_optimizer(
-    unembedding_lr=UNEMBEDDING_LR,
-    embedding_lr=EMBEDDING_LR,
-    scalar_lr=SCALAR_LR,
-    adam_betas=ADAM_BETAS,
-    matrix_lr=MATRIX_LR,
-    weight_decay=WEIGHT_DECAY,
-    compile=COMPILE and device.type == "cuda",  # on a CPU, compiling the step costs ~30 s and saves none
-)
+optimizer = model.setup_optimizer(unembedding_lr=UNEMBEDDING_LR, embedding_lr=EMBEDDING_LR, scalar_lr=SCALAR_LR,
+                                  adam_betas=ADAM_BETAS, matrix_lr=MATRIX_LR, weight_decay=WEIGHT_DECAY,
+                                  compile=COMPILE_OPTIMIZER)
 
 if COMPILE:
     model = torch.compile(model, dynamic=False)
@@ -682,13 +622,12 @@ def get_weight_decay(progress):
 # Training loop
 # ---------------------------------------------------------------------------
 
-t_start_training = time.time()
 smooth_train_loss = 0
 total_training_time = 0
 step = 0
 
 while True:
-    synchronize()
+    synchronize(device)
     t0 = time.time()
     for micro_step in range(grad_accum_steps):
         with autocast_ctx:
@@ -718,23 +657,21 @@ while True:
         print(f"\nFAIL: training loss {train_loss_f} at step {step}: the run diverged")
         sys.exit(1)
 
-    synchronize()
-    t1 = time.time()
-    dt = t1 - t0
+    synchronize(device)
+    dt = time.time() - t0
 
-    if step > 10:  # the first steps compile and warm up: they don't count toward the budget
+    if step >= UNTIMED_STEPS:  # the first steps compile and warm up: they don't count toward the budget
         total_training_time += dt
 
     # Logging
     ema_beta = 0.9
     smooth_train_loss = ema_beta * smooth_train_loss + (1 - ema_beta) * train_loss_f
     debiased_smooth_loss = smooth_train_loss / (1 - ema_beta**(step + 1))
-    pct_done = 100 * progress
     tok_per_sec = int(TOTAL_BATCH_SIZE / dt)
     mfu = 100 * num_flops_per_token * TOTAL_BATCH_SIZE / dt / peak_flops
     remaining = max(0, TIME_BUDGET - total_training_time)
 
-    print(f"\rstep {step:05d} ({pct_done:.1f}%) | loss: {debiased_smooth_loss:.6f} | lrm: {lrm:.2f} | dt: {dt*1000:.0f}ms | tok/sec: {tok_per_sec:,} | mfu: {mfu:.1f}% | epoch: {epoch} | remaining: {remaining:.0f}s    ", end="", flush=True)
+    print(f"\rstep {step:05d} ({100 * progress:.1f}%) | loss: {debiased_smooth_loss:.6f} | lrm: {lrm:.2f} | dt: {dt*1000:.0f}ms | tok/sec: {tok_per_sec:,} | mfu: {mfu:.1f}% | epoch: {epoch} | remaining: {remaining:.0f}s    ", end="", flush=True)
 
     # GC management: Python's collector causes ~500ms stalls, and the loop makes little garbage
     if step == 0:
@@ -747,7 +684,7 @@ while True:
     step += 1
 
     # Time's up, counting only steps after the warm-up
-    if step > 10 and total_training_time >= TIME_BUDGET:
+    if step > UNTIMED_STEPS and total_training_time >= TIME_BUDGET:
         break
 
 print()  # newline after the \r training log
@@ -762,7 +699,7 @@ with autocast_ctx:
 
 # Final summary
 t_end = time.time()
-timed_steps = step - 11  # steps 11 .. step-1 are the ones in total_training_time
+timed_steps = step - UNTIMED_STEPS  # the steps in total_training_time
 steady_state_mfu = 100 * num_flops_per_token * TOTAL_BATCH_SIZE * timed_steps / total_training_time / peak_flops if total_training_time > 0 else 0
 peak_vram_mb = peak_memory_mb(device)
 

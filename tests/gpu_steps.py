@@ -1,0 +1,67 @@
+"""A few training steps of the `full` model, for tests/gpu_check.sh: peak memory, tokens/s and MFU.
+
+It runs train.py's own definitions and set-up (everything above its training loop) against a
+prepared cache, with the sequence length and the setup's name set to `full`'s, so that the
+hyperparameter block picks the reference model (DEPTH 8, DEVICE_BATCH_SIZE 128) at 2048 tokens a
+row; no `full` cache (21M evaluation tokens) has to be prepared for it. Then it times steps as the
+loop does. On a CPU, --depth/--batch-size/--seq-len shrink it to a dry run of the plumbing.
+
+    python3 tests/gpu_steps.py [--steps 8] [--warmup 3] [--depth D --batch-size B --seq-len T]
+"""
+import argparse
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SETUP_MARKER = "# Setup: tokenizer, model, optimizer, dataloader"
+LOOP_MARKER = "# Training loop"
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--steps", type=int, default=8, help="timed steps")
+parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile, warm-up)")
+parser.add_argument("--depth", type=int, help="override DEPTH (dry runs)")
+parser.add_argument("--batch-size", type=int, help="override DEVICE_BATCH_SIZE (dry runs)")
+parser.add_argument("--seq-len", type=int, default=2048)
+args = parser.parse_args()
+
+sys.path.insert(0, ROOT)
+import prepare  # noqa: E402
+
+prepare.SETUP, prepare.MAX_SEQ_LEN = "full", args.seq_len
+source = open(os.path.join(ROOT, "train.py")).read()
+head, rest = source[:source.index(SETUP_MARKER)], source[source.index(SETUP_MARKER):source.index(LOOP_MARKER)]
+train = {"__name__": "train_gpu_steps", "__file__": os.path.join(ROOT, "train.py")}
+exec(compile(head, "train.py", "exec"), train)  # device section, model, optimizer, hyperparameters
+if args.depth:
+    train["DEPTH"] = args.depth
+if args.batch_size:
+    train["DEVICE_BATCH_SIZE"] = args.batch_size
+    train["TOTAL_BATCH_SIZE"] = args.batch_size * args.seq_len * 2  # two micro-steps, as `full`'s 2**19 at 128 x 2048
+exec(compile(rest, "train.py", "exec"), train)  # set-up: model, optimizer, compile, dataloader
+
+model, optimizer, loader, device = train["model"], train["optimizer"], train["train_loader"], train["device"]
+x, y, _ = train["x"], train["y"], train["epoch"]
+times = []
+for step in range(args.warmup + args.steps):
+    train["synchronize"](device)
+    t0 = time.perf_counter()
+    for _ in range(train["grad_accum_steps"]):
+        with train["autocast_ctx"]:
+            loss = model(x, y)
+        (loss / train["grad_accum_steps"]).backward()
+        x, y, _ = next(loader)
+    optimizer.step()
+    model.zero_grad(set_to_none=True)
+    loss = loss.item()
+    train["synchronize"](device)
+    times.append(time.perf_counter() - t0)
+    print(f"step {step}: {times[-1] * 1000:.0f} ms, loss {loss:.3f}", flush=True)
+
+dt = sorted(times[args.warmup:])[len(times[args.warmup:]) // 2]  # median
+tokens = train["TOTAL_BATCH_SIZE"]
+mfu = 100 * train["num_flops_per_token"] * tokens / dt / train["peak_flops"]
+print(f"full_steps: depth {train['DEPTH']}, {train['DEVICE_BATCH_SIZE']} x {args.seq_len} tokens a micro-step, "
+      f"{train['grad_accum_steps']} a step | first step {times[0]:.1f} s | median step {dt * 1000:.0f} ms | "
+      f"{tokens / dt:,.0f} tok/s | MFU {mfu:.1f}% | peak memory {prepare.peak_memory_mb(device):,.0f} MB | "
+      f"attention: {'FA3' if train['fa3'] is not None else 'SDPA'}")

@@ -1,0 +1,72 @@
+"""prepare.py's hardware utilities: the CPU's measured matmul peak that MFU is read against, and
+the one-shot GPU check script (its plumbing, as far as a CPU can run it)."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+
+@pytest.fixture
+def prepare(monkeypatch, tmp_path):
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path))
+    sys.modules.pop("prepare", None)  # it reads its cache location at import
+    monkeypatch.syspath_prepend(ROOT)
+    import prepare
+    yield prepare
+    sys.modules.pop("prepare", None)
+
+
+def test_cpu_peak_is_measured_once_per_machine_and_kept(prepare, monkeypatch):
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # a quiet machine
+    calls = []
+    monkeypatch.setattr(prepare, "measure_matmul_flops", lambda dtype: calls.append(dtype) or 123e9)
+    cpu = torch.device("cpu")
+    assert prepare.peak_flops_of(cpu, bf16=True) == 123e9
+    assert prepare.peak_flops_of(cpu, bf16=True) == 123e9
+    assert calls == [torch.bfloat16]  # the second run read it from the cache
+    assert os.path.exists(prepare.PEAK_FLOPS_FILE)
+    prepare.peak_flops_of(cpu, bf16=False)  # another precision is another peak
+    assert calls == [torch.bfloat16, torch.float32]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1 if threads > 1 else 2)  # so is another thread count
+        prepare.peak_flops_of(cpu, bf16=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(calls) == 3
+
+
+def test_a_peak_measured_on_a_busy_machine_is_measured_again_when_quiet(prepare, monkeypatch):
+    rates = iter([50e9, 200e9])
+    monkeypatch.setattr(prepare, "measure_matmul_flops", lambda dtype: next(rates))
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(os, "getloadavg", lambda: (100.0, 0.0, 0.0))
+    assert prepare.peak_flops_of(cpu, bf16=True) == 50e9
+    assert prepare.peak_flops_of(cpu, bf16=True) == 50e9  # still busy: the kept figure, no new probe
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert prepare.peak_flops_of(cpu, bf16=True) == 200e9  # quiet: measured again, and kept
+    assert prepare.peak_flops_of(cpu, bf16=True) == 200e9
+
+
+def test_matmul_probe_measures_a_plausible_rate(prepare):
+    flops = prepare.measure_matmul_flops(torch.float32, sizes=(128, 256), seconds=0.05)
+    assert 1e8 < flops < 1e14  # 0.1 GFLOP/s .. 100 TFLOP/s: a CPU, fast or slow
+
+
+def test_gpu_check_script_parses():
+    subprocess.run(["bash", "-n", os.path.join(ROOT, "tests", "gpu_check.sh")], check=True)
+
+
+@pytest.mark.bench
+def test_gpu_check_dry_run(tmp_path):
+    # The whole script, shrunk to the smoke setup and a tiny model: a minute or two on a CPU
+    env = dict(os.environ, GPU_CHECK_DRY="1", PYTHON=sys.executable, OUT=str(tmp_path))
+    result = subprocess.run(["bash", os.path.join(ROOT, "tests", "gpu_check.sh")], env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "tests:      rc 0" in summary and "full_steps: depth 2" in summary, summary
