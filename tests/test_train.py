@@ -203,6 +203,7 @@ def test_smoke_run_prints_the_summary(smoke_cache, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     lines = result.stdout.splitlines()
     assert any(line.startswith("Attention: ") for line in lines)
+    assert "test_bpb" not in result.stdout  # the test split is scored only by analysis.py --confirm
     assert re.search(r"\rstep 000\d\d \(\d+\.\d%\) \| loss: \d+\.\d{6} \| lrm: \d\.\d\d \| dt: \d+ms \| "
                      r"tok/sec: [\d,]+ \| mfu: \d+\.\d% \| epoch: \d+ \| remaining: \d+s", result.stdout)
     summary = lines[lines.index("---") + 1:][:9]
