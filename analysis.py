@@ -399,7 +399,11 @@ def decide(rows, run, head, state, changed=None):
         d["decision"] = "crash"
         d["why"] = (run["timeout"] or run["fail"] or
                     ("out of memory" if run["oom"] else run["error"] or "no val_bpb in run.log"))
-        if baseline:
+        if baseline and run["timeout"]:
+            d["next"] = ("the baseline ran out of time: Log it as crash (it never becomes the bar), then Run it "
+                         "again unchanged: a first run also compiles from a cold cache. If it times out again, "
+                         "halve DEVICE_BATCH_SIZE for this setup in train.py, Commit, Run, Decide.")
+        elif baseline:
             d["next"] = ("the baseline crashed: Log it as crash (it never becomes the bar), then make it run: "
                          "out of memory, lower DEVICE_BATCH_SIZE for this setup in train.py (halve it); "
                          "anything else, fix what the traceback says. Commit, Run, Decide.")
