@@ -812,6 +812,8 @@ def evaluate_bpb(model, tokenizer, batch_size):
     set by `uv run analysis.py --confirm`) the test rows are scored too, and printed as test_bpb."""
     require_prepared()
     val_bpb = rows_bpb(model, tokenizer, batch_size, np.load(VAL_ROWS_FILE, allow_pickle=False), check=True)
+    if not math.isfinite(val_bpb):
+        sys.exit("error: val_bpb is not a number: the model's logits are not finite (the run diverged)")
     if CONFIRM:
         if not os.path.exists(TEST_ROWS_FILE):
             sys.exit(f"error: {CACHE_DIR} has no test split to confirm on; prepare a new cache (AUTORESEARCH_CACHE=<new folder>)")

@@ -214,7 +214,7 @@ def test_one_huge_file_is_split_into_documents(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     run_prepare(cache, "--data", str(src), "--setup", "smoke")
     prep = load_prepare(monkeypatch, cache)
-    docs = [t for p in prep.shard_paths() for t in pq.read_table(p).column("text").to_pylist()]
+    docs = [t for p in prep.shard_paths() + [prep.TEST_SHARD] for t in pq.read_table(p).column("text").to_pylist()]
     assert len(docs) > 50 and max(map(len, docs)) <= 4 * prep.DOC_CHARS
     assert sum(map(len, docs)) == len(text) + 300_000  # split, not cut: every character kept
 

@@ -115,9 +115,11 @@ def test_data_keeps_every_validation_document_out_of_training(numbered, monkeypa
     prep = load_prepare(monkeypatch, cache)
     assert prep.validation_shard() not in prep.training_shards()
     val, train = shard_texts([prep.validation_shard()]), shard_texts(prep.training_shards())
-    val_ids, train_ids = ids_in(val), ids_in(train)
+    test = shard_texts([prep.TEST_SHARD])
+    val_ids, train_ids, test_ids = ids_in(val), ids_in(train), ids_in(test)
     assert val_ids and sorted(val) == sorted(docs[i] for i in val_ids)  # whole documents, unchanged
-    assert sorted(val_ids + train_ids) == list(range(N_DOCS))  # each document exactly once: none in both
+    assert test_ids and sorted(test) == sorted(docs[i] for i in test_ids)
+    assert sorted(val_ids + train_ids + test_ids) == list(range(N_DOCS))  # each document in one split only
     # ...and what training actually reads: one epoch of the training stream, document by document
     tok = prep.Tokenizer.from_directory()
     streamed = []
