@@ -828,7 +828,7 @@ def rows_bpb(model, tokenizer, batch_size, rows, check=False):
     nats, nbytes = 0.0, 0  # summed in Python's double precision (MPS has no float64)
     for start in range(0, len(rows), batch_size):
         chunk = torch.from_numpy(rows[start:start + batch_size].astype(np.int64))
-        x, y = chunk[:, :-1], chunk[:, 1:]
+        x, y = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()  # as training's: no recompile
         if len(chunk) < batch_size:
             pad = batch_size - len(chunk)
             x = torch.cat([x, torch.zeros(pad, x.size(1), dtype=x.dtype)])
