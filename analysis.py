@@ -29,7 +29,8 @@ log. `--json` then prints {"logs": [one summary per log], "total", "counts", "be
 The morning's check that the night's gain is real: the baseline (the first kept row) and the best
 kept commit are checked out into temporary git worktrees and trained N times each (default 2),
 alternating, with the judge also scoring the test split that the loop never sees. It ends with
-`confirm: baseline test_bpb A, best test_bpb B, gain G (val gain V); <verdict>`, writes
+`confirm: baseline test_bpb A, best test_bpb B, gain G (val gain V); <verdict>`; both commits are
+judged by this checkout's prepare.py. It writes
 confirm.json beside the log (progress.png shows it), and never touches HEAD, the work tree or the
 log. It takes 2N runs of the loop's length.
 """
@@ -765,6 +766,9 @@ def cmd_confirm(log, n_runs, as_json):
             trees[side] = os.path.join(tmp, side)
             subprocess.run(["git", "worktree", "add", "--quiet", "--detach", trees[side], row["commit"]],
                            check=True, capture_output=True)
+            # one judge for both: this checkout's, which scores the test split (the night's commits
+            # carry the same prepare.py, unless they predate its confirmation mode)
+            shutil.copy(os.path.join(os.path.dirname(os.path.abspath(__file__)), "prepare.py"), trees[side])
         for i, side in enumerate(order, 1):
             row, elapsed = (base if side == "baseline" else best), time.time() - t0
             left = f", about {elapsed / (i - 1) * (len(order) - i + 1) / 60:.0f} min left" if i > 1 else ""
