@@ -255,6 +255,11 @@ def plot(rows, summary, png_path):
                         alpha=0.12, linewidth=0, zorder=1, label=f"± the baseline's noise ({noise:.4f})")
     confirmed = read_confirmation(png_path)
     if confirmed:  # the test split's verdict beside the val_bpb it was meant to confirm
+        marks = [confirmed[side]["test_bpb"] for side in ("baseline", "best") if confirmed[side]["test_bpb"]]
+        if marks:
+            pad = 0.04 * (high - low)
+            low, high = min(low, min(marks) - pad), max(high, max(marks) + pad)
+            ax.set_ylim(low, high)
         for side in ("baseline", "best"):
             if confirmed[side]["test_bpb"] is not None:
                 ax.scatter([confirmed[side]["index"]], [confirmed[side]["test_bpb"]], s=70, marker="D",
