@@ -747,7 +747,11 @@ def cpu_peak_flops(dtype):
     except (OSError, ValueError):
         peaks = {}
     quiet = os.getloadavg()[0] <= (os.cpu_count() or 1)
+    if not isinstance(peaks, dict):  # a file of another version's making: measure afresh
+        peaks = {}
     kept = peaks.get(key)
+    if not (isinstance(kept, dict) and {"flops", "quiet"} <= kept.keys()):
+        kept = None
     if kept and (kept["quiet"] or not quiet):
         return kept["flops"]
     flops = max(measure_matmul_flops(dtype), kept["flops"] if kept else 0)

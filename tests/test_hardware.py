@@ -52,6 +52,16 @@ def test_a_peak_measured_on_a_busy_machine_is_measured_again_when_quiet(prepare,
     assert prepare.peak_flops_of(cpu, bf16=True) == 200e9
 
 
+@pytest.mark.parametrize("contents", ['{"%s": 99000000000.0}', '[1, 2]', '{"%s": {"flops": 1}}'])
+def test_a_peak_file_of_another_format_is_measured_afresh(prepare, monkeypatch, contents):
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(prepare, "measure_matmul_flops", lambda dtype: 123e9)
+    key = f"{prepare.cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__} | {torch.bfloat16}"
+    with open(prepare.PEAK_FLOPS_FILE, "w") as f:
+        f.write(contents.replace("%s", key.replace('"', '\\"')) if "%s" in contents else contents)
+    assert prepare.peak_flops_of(torch.device("cpu"), bf16=True) == 123e9
+
+
 def test_matmul_probe_measures_a_plausible_rate(prepare):
     flops = prepare.measure_matmul_flops(torch.float32, sizes=(128, 256), seconds=0.05)
     assert 1e8 < flops < 1e14  # 0.1 GFLOP/s .. 100 TFLOP/s: a CPU, fast or slow
