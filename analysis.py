@@ -97,7 +97,7 @@ def read_log(path):
                 warn(f"{path}:{lineno}: skipped malformed row ({e})")
                 skipped.append(lineno)
                 continue
-            row["index"], row["line"] = len(rows) + 1, lineno
+            row["index"] = len(rows) + 1
             rows.append(row)
     return rows, skipped
 
@@ -627,10 +627,6 @@ def plot_many(logs, png_path):
     plt.close(fig)
 
 
-def strip_row(r):
-    return r and {k: v for k, v in r.items() if k != "line"}
-
-
 def main_many(paths, args):
     logs = []
     for path in paths:
@@ -648,11 +644,9 @@ def main_many(paths, args):
         png = os.path.abspath("progress.png")
         plot_many([(p, r, s) for p, r, s, _ in logs], png)
     if args.json:
-        out = {"logs": [{**s, "baseline": strip_row(s["baseline"]), "best": strip_row(s["best"]),
-                         "ranked": [strip_row(r) for r in s["ranked"]], "log": p, "skipped_lines": k}
-                        for p, _, s, k in logs],
+        out = {"logs": [{**s, "log": p, "skipped_lines": k} for p, _, s, k in logs],
                "total": sum(counts.values()), "counts": counts,
-               "best": best and {**strip_row(best[0]), "log": best[1]}, "png": png}
+               "best": best and {**best[0], "log": best[1]}, "png": png}
         print(json.dumps(out, indent=2))
         return 0
     for path, _, summary, _ in logs:
@@ -842,9 +836,7 @@ def main(argv=None):
         png = os.path.join(os.path.dirname(os.path.abspath(path)), "progress.png")
         plot(rows, summary, png)
     if args.json:
-        out = {**summary, "baseline": strip_row(summary["baseline"]), "best": strip_row(summary["best"]),
-               "ranked": [strip_row(r) for r in summary["ranked"]],
-               "log": path, "png": png, "skipped_lines": skipped}
+        out = {**summary, "log": path, "png": png, "skipped_lines": skipped}
         print(json.dumps(out, indent=2))
     else:
         print(format_text(summary, path))
