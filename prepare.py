@@ -19,6 +19,7 @@ import codecs
 import ctypes
 import errno
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -27,6 +28,7 @@ import random
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -138,6 +140,16 @@ def atomic_path(path):
 def write_json_atomically(path, obj):
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(obj, f, indent=2)
+
+
+def read_json(path):
+    """A dict kept in the cache, or {} where there is none, it is unreadable or of another making."""
+    try:
+        with open(path) as f:
+            kept = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return kept if isinstance(kept, dict) else {}
 
 
 RECORDED = read_recorded_setup()
@@ -615,6 +627,7 @@ def make_dataloader(tokenizer, B, T, split, device=None):
 # are read against. Infrastructure, not research: train.py calls these once each.
 
 PEAK_FLOPS_FILE = os.path.join(CACHE_DIR, "peak_flops.json")  # CPU matmul peaks, measured once per machine
+ISA_CHECKS_FILE = os.path.join(CACHE_DIR, "isa_checks.json")  # the compiler's vector ISA checks, passed once per machine
 
 
 def default_device():
@@ -655,6 +668,10 @@ def tune_process(device, compile):
         # them all (AMX needs g++ 11)
         version = subprocess.run(["g++", "-dumpversion"], capture_output=True, text=True).stdout
         torch._inductor.config.cpp.vec_isa_ok = int(version.split(".")[0] or 0) >= 11 or None
+        remember_isa_checks(version.strip())
+        # It still proves AVX512-BF16 and AMX that way, a fresh process importing torch each, ~2 s
+        # apiece and once per run: start them now, so they overlap start-up rather than the compile
+        threading.Thread(target=torch._inductor.cpu_vec_isa.pick_vec_isa, daemon=True).start()
     if platform.libc_ver()[0] == "glibc":
         # A CPU training step frees and re-allocates gigabytes of activations and logits. By default
         # glibc hands big blocks back to the kernel, and every step pays to fault them in again,
@@ -664,6 +681,30 @@ def tune_process(device, compile):
         libc = ctypes.CDLL(None)
         libc.mallopt(M_MMAP_MAX, 0)  # big blocks come from the heap, not from fresh mappings...
         libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)  # ...and the heap is never trimmed
+
+
+def remember_isa_checks(gxx_version):
+    """inductor still proves AVX512-BF16 and AMX the slow way, a fresh Python process importing torch
+    for each: ~2 s apiece in every compiling run. Keep each success in the cache, keyed by all it
+    depends on, so a machine proves it once. A failure is not kept: it is checked again next run."""
+    from torch._inductor import cpu_vec_isa
+    check_build = cpu_vec_isa.VecISA.check_build
+
+    def remembered_check_build(isa, code):
+        key = (f"{cpu_model()} | torch {torch.__version__} | g++ {gxx_version} | {isa._arch_flags} | "
+               f"{hashlib.sha256(code.encode()).hexdigest()[:16]}")
+        proven = read_json(ISA_CHECKS_FILE)
+        if proven.get(key) is True:
+            return True
+        if not check_build(isa, code):
+            return False
+        try:
+            write_json_atomically(ISA_CHECKS_FILE, {**read_json(ISA_CHECKS_FILE), key: True})
+        except OSError:  # no cache folder: check again next time
+            pass
+        return True
+
+    cpu_vec_isa.VecISA.check_build = remembered_check_build
 
 
 def synchronize(device):
@@ -741,14 +782,8 @@ def cpu_peak_flops(dtype):
     cache, keyed by everything it depends on, so later runs pay nothing. A figure measured while
     the machine was busier than it has cores reads low: the next quiet start measures again."""
     key = f"{cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__} | {dtype}"
-    try:
-        with open(PEAK_FLOPS_FILE) as f:
-            peaks = json.load(f)
-    except (OSError, ValueError):
-        peaks = {}
+    peaks = read_json(PEAK_FLOPS_FILE)
     quiet = os.getloadavg()[0] <= (os.cpu_count() or 1)
-    if not isinstance(peaks, dict):  # a file of another version's making: measure afresh
-        peaks = {}
     kept = peaks.get(key)
     if not (isinstance(kept, dict) and {"flops", "quiet"} <= kept.keys()):
         kept = None

@@ -1,6 +1,7 @@
 """prepare.py's hardware utilities: the CPU's measured matmul peak that MFU is read against, and
 the one-shot GPU check script (its plumbing, as far as a CPU can run it)."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -60,6 +61,25 @@ def test_a_peak_file_of_another_format_is_measured_afresh(prepare, monkeypatch, 
     with open(prepare.PEAK_FLOPS_FILE, "w") as f:
         f.write(contents.replace("%s", key.replace('"', '\\"')) if "%s" in contents else contents)
     assert prepare.peak_flops_of(torch.device("cpu"), bf16=True) == 123e9
+
+
+@pytest.mark.skipif(shutil.which("g++") is None or torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
+                    reason="needs g++ and an x86 CPU with AVX2")
+def test_a_vector_isa_check_passed_once_is_not_run_again(prepare, monkeypatch, tmp_path):
+    from torch._inductor import cpu_vec_isa
+    monkeypatch.setattr(cpu_vec_isa.VecISA, "check_build", cpu_vec_isa.VecISA.check_build)  # undone afterwards
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    loads = []  # inductor's check loads the library it built in a fresh Python process: the slow part
+    check_call = subprocess.check_call
+    monkeypatch.setattr(subprocess, "check_call", lambda *args, **kw: loads.append(args) or check_call(*args, **kw))
+    prepare.remember_isa_checks("12")
+    avx2 = cpu_vec_isa.VecAVX2()
+    assert avx2.check_build(cpu_vec_isa.VecISA._avx_code)
+    assert len(loads) == 1 and len(prepare.read_json(prepare.ISA_CHECKS_FILE)) == 1
+    assert avx2.check_build(cpu_vec_isa.VecISA._avx_code)
+    assert len(loads) == 1  # the kept answer: no build, no fresh process
+    assert not avx2.check_build("this is not C++")
+    assert len(prepare.read_json(prepare.ISA_CHECKS_FILE)) == 1  # a failure is not kept
 
 
 def test_matmul_probe_measures_a_plausible_rate(prepare):
