@@ -26,6 +26,7 @@ import os
 import platform
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -763,17 +764,19 @@ def measure_matmul_flops(dtype, sizes=(512, 1024, 2048), seconds=0.3):
     """The best rate of square matmuls in `dtype` on the CPU, over a few sizes (which one is best
     depends on the CPU's caches): the peak a CPU's MFU is read against. CPUs have no datasheet
     figure that holds across models, vector units, clocks and thread counts, so we measure. Each
-    size keeps its fastest single product: a machine shared with other work still has moments
-    when it runs alone, and a product caught in one of them is the machine's own speed."""
+    size is timed by its median product: the fastest single one is as often a timing outlier as
+    the machine's speed, and MFU read against an outlier would stay low for the cache's life."""
     best = 0.0
     for n in sizes:
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         a @ b  # the first call picks and prepares the kernel
+        times = []
         t_end = time.perf_counter() + seconds
         while time.perf_counter() < t_end:
             t0 = time.perf_counter()
             a @ b
-            best = max(best, 2 * n**3 / (time.perf_counter() - t0))
+            times.append(time.perf_counter() - t0)
+        best = max(best, 2 * n**3 / statistics.median(times))
     return best
 
 

@@ -54,8 +54,7 @@ if device.type == "cuda":
 COMPILE = device.type == "cuda" or (device.type == "cpu" and SETUP == "small" and shutil.which("g++") is not None)
 COMPILE_OPTIMIZER = COMPILE and device.type == "cuda"
 # CUDA compiles the model whole, as the reference does; elsewhere each block and the head apart:
-# alike blocks share one compiled graph, and an edit recompiles a block, not the model, which cuts
-# an edited run's compiling by a third at the same speed per step
+# alike blocks share one compiled graph, and an edit recompiles a block, not the whole model
 COMPILE_BY_BLOCK = device.type != "cuda"
 
 # Steps that don't count toward the budget: the first compiles, the next warm up. CUDA keeps the
@@ -277,10 +276,7 @@ class GPT(nn.Module):
         long_window = config.sequence_len
         short_window = long_window // 2
         char_to_window = {"L": (long_window, 0), "S": (short_window, 0)}
-        window_sizes = []
-        for layer_idx in range(config.n_layer):
-            char = pattern[layer_idx % len(pattern)]
-            window_sizes.append(char_to_window[char])
+        window_sizes = [char_to_window[pattern[i % len(pattern)]] for i in range(config.n_layer)]
         window_sizes[-1] = (long_window, 0)
         return window_sizes
 
@@ -293,11 +289,7 @@ class GPT(nn.Module):
         h = self.config.n_head
         q = self.config.n_embd // self.config.n_head
         t = self.config.sequence_len
-        attn_flops = 0
-        for window_size in self.window_sizes:
-            window = window_size[0]
-            effective_seq = t if window < 0 else min(window, t)
-            attn_flops += 12 * h * q * effective_seq
+        attn_flops = sum(12 * h * q * min(window, t) for window, _ in self.window_sizes)
         return 6 * (nparams - nparams_exclude) + attn_flops
 
     def num_scaling_params(self):
