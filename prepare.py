@@ -29,7 +29,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -670,9 +669,6 @@ def tune_process(device, compile):
         version = subprocess.run(["g++", "-dumpversion"], capture_output=True, text=True).stdout
         torch._inductor.config.cpp.vec_isa_ok = int(version.split(".")[0] or 0) >= 11 or None
         remember_isa_checks(version.strip())
-        # It still proves AVX512-BF16 and AMX that way, a fresh process importing torch each, ~2 s
-        # apiece and once per run: start them now, so they overlap start-up rather than the compile
-        threading.Thread(target=torch._inductor.cpu_vec_isa.pick_vec_isa, daemon=True).start()
     if platform.libc_ver()[0] == "glibc":
         # A CPU training step frees and re-allocates gigabytes of activations and logits. By default
         # glibc hands big blocks back to the kernel, and every step pays to fault them in again,
