@@ -8,8 +8,9 @@ Downloads (or packs) the data, trains the tokenizer, freezes the validation toke
 setup in the cache, so that every experiment against one cache is measured the same way.
 train.py imports the setup's constants (MAX_SEQ_LEN, TIME_BUDGET, EVAL_TOKENS, SETUP), Tokenizer,
 make_dataloader and evaluate_bpb, and the hardware helpers below (the device and its name, native
-bf16, process tuning, synchronize, the Flash Attention 3 loader, peak FLOP/s and memory). The agent never edits this file: it is how val_bpb is defined. Maintainers
-change it between releases only, e.g. to add a GPU to the peak table.
+bf16, process tuning, synchronize, the Flash Attention 3 loader, peak FLOP/s and memory). The agent
+never edits this file: it is how val_bpb is defined. Maintainers change it between releases only,
+e.g. to add a GPU to the peak table.
 """
 
 import argparse
@@ -663,12 +664,7 @@ def tune_process(device, compile):
     if device.type != "cpu":
         return
     if compile and shutil.which("g++"):
-        # inductor checks every vector ISA the CPU reports by building and loading a test in a fresh
-        # Python process each, seconds of every run: trust the CPU's flags instead where g++ knows
-        # them all (AMX needs g++ 11)
-        version = subprocess.run(["g++", "-dumpversion"], capture_output=True, text=True).stdout
-        torch._inductor.config.cpp.vec_isa_ok = int(version.split(".")[0] or 0) >= 11 or None
-        remember_isa_checks(version.strip())
+        remember_isa_checks(subprocess.run(["g++", "-dumpversion"], capture_output=True, text=True).stdout.strip())
     if platform.libc_ver()[0] == "glibc":
         # A CPU training step frees and re-allocates gigabytes of activations and logits. By default
         # glibc hands big blocks back to the kernel, and every step pays to fault them in again,
@@ -681,9 +677,10 @@ def tune_process(device, compile):
 
 
 def remember_isa_checks(gxx_version):
-    """inductor still proves AVX512-BF16 and AMX the slow way, a fresh Python process importing torch
-    for each: ~2 s apiece in every compiling run. Keep each success in the cache, keyed by all it
-    depends on, so a machine proves it once. A failure is not kept: it is checked again next run."""
+    """inductor proves each vector ISA it may use (AVX2, AVX512, AVX512-BF16, AMX) by building a test
+    and loading it in a fresh Python process, which imports torch: ~2 s apiece in every compiling
+    run. Keep each success in the cache, keyed by all it depends on, so a machine proves it once.
+    A failure is not kept: it is checked again next run."""
     from torch._inductor import cpu_vec_isa
     check_build = cpu_vec_isa.VecISA.check_build
 
