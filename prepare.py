@@ -1,45 +1,43 @@
 """
-The judge: one-time data preparation and the runtime utilities train.py imports.
+The judge: what val_bpb means, read top to bottom. The agent never edits this file.
 
     uv run prepare.py [--dataset NAME | --data PATH] [--num-shards N]
                       [--download-workers N] [--setup NAME]
 
-Downloads (or packs) the data, trains the tokenizer, freezes the validation tokens and records the
-setup in the cache, so that every experiment against one cache is measured the same way.
-train.py imports the setup's constants (MAX_SEQ_LEN, TIME_BUDGET, EVAL_TOKENS, SETUP), Tokenizer,
-make_dataloader and evaluate_bpb, and the hardware helpers below (the device and its name, native
-bf16, process tuning, synchronize, the Flash Attention 3 loader, peak FLOP/s and memory). The agent
-never edits this file: it is how val_bpb is defined. Maintainers change it between releases only,
-e.g. to add a GPU to the peak table.
+Once, it gets the data (machinery.py downloads or packs it), trains the tokenizer, freezes the
+validation and test rows and records the setup in the cache, so that every experiment against one
+cache is measured the same way. At run time train.py imports the setup's constants (MAX_SEQ_LEN,
+TIME_BUDGET, EVAL_TOKENS, SETUP), Tokenizer, make_dataloader and evaluate_bpb from here.
+
+In order: the setups, the tokenizer, the dataloader, the fixed metric, the command line. Everything
+that is machinery rather than the metric (the cache's layout and lock, downloads, local corpora,
+the device and its peaks) is in machinery.py, which imports nothing from here.
 """
 
 import argparse
 import base64
 import bisect
-import codecs
-import ctypes
 import errno
-import fcntl
-import hashlib
 import json
 import math
 import os
-import platform
-import random
 import shutil
-import statistics
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
-import requests
 import torch
 import torch.nn.functional as F
+
+from machinery import (CACHE_DIR, DATA_DIR, DATASETS, MIN_CHARS_PER_TOKEN, ROW_GROUP_SIZE, TEST_ROWS_FILE,
+                       TEST_SHARD, TOKENIZER_DIR, VAL_ROWS_FILE, PrepareError, atomic_path,
+                       cache_lock, claim_cache, default_device, default_setup_name, get_data,
+                       read_recorded_setup, write_json_atomically)
+# Compatibility: train.py commits made before machinery.py existed import these hardware helpers
+# from here, and `analysis.py --confirm` still runs such commits. Remove once no night needs them.
+from machinery import (bf16_is_native, device_name, load_flash_attention_3, peak_flops_of,  # noqa: F401
+                       peak_memory_mb, synchronize, tune_process)
 
 # ---------------------------------------------------------------------------
 # Setups: the comparability contract. Numbers are recorded in the cache at prepare time and read
@@ -55,104 +53,6 @@ SETUPS = {
     "smoke": dict(MAX_SEQ_LEN=128, TIME_BUDGET=5, EVAL_TOKENS=2**14, VOCAB_SIZE=512),
 }
 
-CACHE_DIR = os.environ.get("AUTORESEARCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "autoresearch")
-DATA_DIR = os.path.join(CACHE_DIR, "data")
-TOKENIZER_DIR = os.path.join(CACHE_DIR, "tokenizer")
-SETUP_FILE = os.path.join(CACHE_DIR, "setup.json")
-VAL_ROWS_FILE = os.path.join(CACHE_DIR, "val_rows.npy")
-# The test split: documents that neither training nor validation ever see, and rows packed from
-# them like the validation rows. Only `uv run analysis.py --confirm` scores them, by running
-# train.py with AUTORESEARCH_CONFIRM=1: the loop never sees a test number it could fit.
-TEST_SHARD = os.path.join(DATA_DIR, "test.parquet")
-TEST_ROWS_FILE = os.path.join(CACHE_DIR, "test_rows.npy")
-CONFIRM = os.environ.get("AUTORESEARCH_CONFIRM") == "1"
-
-# Hugging Face honours HF_ENDPOINT for mirrors; so do we (tests point it at a local server).
-HF_ENDPOINT = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-DATASETS = {
-    "fineweb-edu": dict(repo="karpathy/fineweb-edu-100b-shuffle", shards=1823),
-    "climbmix": dict(repo="karpathy/climbmix-400b-shuffle", shards=6543),
-    # One pre-shuffled file of 2.7M stories. Its authors keep rows 0-9,999 as test and suggest
-    # 10,000-19,999 for validation; we test on rows 0-9,999 too, validate on rows 10,000-109,999
-    # (enough tokens for any setup) and train on the rest.
-    "tinystories": dict(repo="karpathy/tinystories-gpt4-clean", file="tinystories_gpt4_clean.parquet",
-                        test_rows=(0, 10_000), val_rows=(10_000, 110_000)),
-}
-
-SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
-SPECIAL_TOKENS = [f"<|reserved_{i}|>" for i in range(4)]
-BOS_TOKEN = SPECIAL_TOKENS[0]
-TOKENIZER_MAX_CHARS = 1_000_000_000  # characters of training text the tokenizer sees at most
-TOKENIZER_DOC_CHARS = 10_000         # each document cut to this many characters for it
-MIN_CHARS_PER_TOKEN = 100            # a corpus needs about this many characters per vocabulary entry
-
-DOC_CHARS = 10_000         # --data: longer .txt/.md files are split into documents at paragraph breaks
-SHARD_CHARS = 100_000_000  # --data: characters per packed shard
-ROW_GROUP_SIZE = 1024      # documents per parquet row group, as in the published shards
-DOC_BUFFER = 1000          # documents the packing dataloader chooses from
-
-
-class PrepareError(Exception):
-    """An expected failure: printed as one line, with what to do next."""
-
-
-# ---------------------------------------------------------------------------
-# The recorded setup
-
-def read_recorded_setup():
-    """The setup recorded in the cache, or None when prepare has not run here."""
-    try:
-        with open(SETUP_FILE) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        sys.exit(f"error: {SETUP_FILE} is unreadable; delete {CACHE_DIR} and run `uv run prepare.py` again")
-
-
-def default_setup_name():
-    return "full" if torch.cuda.is_available() else "small"
-
-
-@contextmanager
-def scratch_dir(path):
-    """A fresh temporary folder, removed however the block ends: a full disk gets its space back."""
-    shutil.rmtree(path, ignore_errors=True)  # left by a killed run
-    os.makedirs(path)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@contextmanager
-def atomic_path(path):
-    """A temporary name beside path to write to; it replaces path only if the block completes, so
-    an interruption or a full disk never leaves a half-written file under the real name."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_json_atomically(path, obj):
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-
-
-def read_json(path):
-    """A dict kept in the cache, or {} where there is none, it is unreadable or of another making."""
-    try:
-        with open(path) as f:
-            kept = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return kept if isinstance(kept, dict) else {}
-
-
 RECORDED = read_recorded_setup()
 SETUP = RECORDED["setup"] if RECORDED else default_setup_name()
 _numbers = RECORDED["constants"] if RECORDED else SETUPS[SETUP]
@@ -160,6 +60,9 @@ MAX_SEQ_LEN = _numbers["MAX_SEQ_LEN"]
 TIME_BUDGET = _numbers["TIME_BUDGET"]
 EVAL_TOKENS = _numbers["EVAL_TOKENS"]
 VOCAB_SIZE = _numbers["VOCAB_SIZE"]
+# Confirmation mode, set by `uv run analysis.py --confirm` alone: the judge also scores the test
+# rows, which the loop never sees, so no test number can be fitted.
+CONFIRM = os.environ.get("AUTORESEARCH_CONFIRM") == "1"
 
 
 def require_prepared():
@@ -169,292 +72,13 @@ def require_prepared():
 
 
 # ---------------------------------------------------------------------------
-# Shards
-
-def verify_parquet(path):
-    """True when the file is a complete parquet file with a readable, non-empty `text` column."""
-    try:
-        pf = pq.ParquetFile(path)
-        if "text" not in pf.schema_arrow.names or pf.metadata.num_rows == 0:
-            return False
-        for _ in pf.iter_batches(columns=["text"], batch_size=8192):
-            pass  # decompress every page: a corrupt page raises here, not in the middle of a run
-        return True
-    except Exception:
-        return False
-
-
-def download_file(url, path, attempts=5, backoff=1.0):
-    """Fetch url to path: streamed to a temporary file, verified, then renamed into place."""
-    if os.path.exists(path) and verify_parquet(path):
-        return
-    name = os.path.basename(path)
-    for attempt in range(1, attempts + 1):
-        try:
-            # identity: Content-Length then counts the bytes we receive, also from a mirror that compresses
-            with atomic_path(path) as tmp, requests.get(url, stream=True, timeout=(10, 60),
-                                                        headers={"Accept-Encoding": "identity"}) as r:
-                r.raise_for_status()
-                expected = int(r.headers.get("Content-Length", -1))
-                received = 0
-                with open(tmp, "wb") as f:
-                    for chunk in r.iter_content(chunk_size=1 << 20):
-                        f.write(chunk)
-                        received += len(chunk)
-                if expected >= 0 and received != expected:
-                    raise OSError(f"truncated: got {received} of {expected} bytes")
-                if not verify_parquet(tmp):
-                    raise OSError("not a valid parquet file with a text column")
-            return
-        except OSError as e:  # requests' errors are OSErrors too
-            if getattr(e, "errno", None) == errno.ENOSPC:
-                raise
-            last = e
-            if attempt < attempts:
-                wait = backoff * 2 ** (attempt - 1)
-                print(f"  {name}: attempt {attempt} failed ({short_reason(e)}); retrying in {wait:g}s", flush=True)
-                time.sleep(wait)
-    raise last
-
-
-def short_reason(e):
-    if isinstance(e, requests.ConnectionError):
-        return "cannot connect"
-    if isinstance(e, requests.Timeout):
-        return "timed out"
-    return str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-
-
-def fetch_first(url, path):
-    """The first download of a prepare: no network at all is said in one line, with the way out."""
-    try:
-        download_file(url, path, attempts=3)
-    except requests.ConnectionError:
-        raise PrepareError(f"cannot reach {HF_ENDPOINT} (no network?); to prepare from local files "
-                           f"instead run: uv run prepare.py --data PATH")
-
-
-def hf_url(repo, filename):
-    return f"{HF_ENDPOINT}/datasets/{repo}/resolve/main/{filename}"
-
-
-def download_shards(dataset, num_shards, workers):
-    """Download num_shards training shards, the pinned validation shard (the dataset's last) and
-    the test shard (the one before it), which training never reads."""
-    info = DATASETS[dataset]
-    if not 1 <= num_shards < info["shards"] - 1:
-        raise PrepareError(f"--num-shards must be between 1 and {info['shards'] - 2} for {dataset}")
-    names = [f"shard_{i:05d}.parquet" for i in [info["shards"] - 1, info["shards"] - 2, *range(num_shards)]]
-    paths = [os.path.join(DATA_DIR, n) for n in names]
-    paths[1] = TEST_SHARD
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        present = list(pool.map(verify_parquet, paths))
-    todo = [(hf_url(info["repo"], n), p) for n, p, ok in zip(names, paths, present) if not ok]
-    print(f"data: {len(names) - len(todo)} of {len(names)} shards of {info['repo']} present, downloading {len(todo)}")
-    if not todo:
-        return
-    fetch_first(*todo[0])  # alone: without a network this is the only failure the user sees
-    t0, done, failed = time.time(), 1, []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [(pool.submit(download_file, url, path), path) for url, path in todo[1:]]
-        for future, path in futures:
-            try:
-                future.result()
-                done += 1
-                print(f"  downloaded {done}/{len(todo)} ({time.time() - t0:.0f}s)", flush=True)
-            except OSError as e:
-                if getattr(e, "errno", None) == errno.ENOSPC:
-                    raise
-                failed.append(f"{os.path.basename(path)}: {short_reason(e)}")
-    if failed:
-        raise PrepareError(f"{len(failed)} of {len(todo)} shards failed to download ({failed[0]}); "
-                           f"run `uv run prepare.py` again to fetch the rest")
-
-
-def write_shard(path, texts):
-    with atomic_path(path) as tmp:
-        pq.write_table(pa.table({"text": texts}), tmp, row_group_size=ROW_GROUP_SIZE, compression="zstd")
-
-
-def publish_shards(train_groups, val_docs, test_docs):
-    """Write training shards, the validation shard (named last) and the test shard to a staging
-    folder, then move it into place at once: an interrupted run leaves no partial data folder."""
-    with scratch_dir(DATA_DIR + ".tmp") as staging:
-        n = 0
-        for n, docs in enumerate(train_groups, 1):
-            write_shard(os.path.join(staging, f"shard_{n - 1:05d}.parquet"), docs)
-        write_shard(os.path.join(staging, f"shard_{n:05d}.parquet"), val_docs)
-        write_shard(os.path.join(staging, os.path.basename(TEST_SHARD)), test_docs)
-        os.replace(staging, DATA_DIR)
-    return n
-
-
-def tinystories_texts():
-    info = DATASETS["tinystories"]
-    raw = os.path.join(CACHE_DIR, info["file"])
-    fetch_first(hf_url(info["repo"], info["file"]), raw)
-    return pq.read_table(raw, columns=["text"]).column("text").to_pylist()
-
-
-def repack_tinystories():
-    """TinyStories is one file: split it into the shard layout, validation rows pinned last."""
-    texts, (lo, hi), (test_lo, test_hi) = tinystories_texts(), *(DATASETS["tinystories"][k] for k in ("val_rows", "test_rows"))
-    train, per_shard = texts[hi:], 250_000
-    publish_shards((train[i:i + per_shard] for i in range(0, len(train), per_shard)), texts[lo:hi],
-                   texts[test_lo:test_hi])
-
-
-# ---------------------------------------------------------------------------
-# Local data (--data PATH)
-
-LOCAL_SUFFIXES = (".parquet", ".txt", ".md", ".jsonl")
-
-
-def local_files(path):
-    if not os.path.exists(path):
-        raise PrepareError(f"--data {path}: no such file or folder")
-    if os.path.isfile(path):
-        files = [path]
-    else:
-        files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
-    files = [f for f in files if f.lower().endswith(LOCAL_SUFFIXES)]
-    if not files:
-        raise PrepareError(f"--data {path}: no .parquet, .txt, .md or .jsonl files in it")
-    return files
-
-
-def read_lines(path):
-    """Lines of a text file as str (a huge line in pieces); invalid UTF-8 is replaced (and counted)
-    rather than fatal."""
-    bad = 0
-    decoder = codecs.getincrementaldecoder("utf-8")()  # a piece may end inside a character
-    with open(path, "rb") as f:
-        for raw in iter(lambda: f.readline(1 << 20), b""):  # bounded: a file may be one huge line
-            try:
-                yield decoder.decode(raw)
-            except UnicodeDecodeError:
-                bad += 1
-                decoder.reset()
-                yield raw.decode("utf-8", errors="replace")
-    try:
-        decoder.decode(b"", final=True)
-    except UnicodeDecodeError:  # the file ends inside a character
-        bad += 1
-    if bad:
-        print(f"  warning: {path}: {bad} lines were not valid UTF-8; bad bytes replaced with U+FFFD")
-
-
-def text_documents(path):
-    """A .txt/.md file is one document, or several cut at paragraph breaks when it is long (and a
-    paragraph too long for one document at a space)."""
-    doc, size = [], 0
-    for line in read_lines(path):
-        while size + len(line) > 4 * DOC_CHARS:
-            room = 4 * DOC_CHARS - size
-            cut = line.rfind(" ", room // 2, room) + 1 or room
-            yield "".join(doc) + line[:cut]
-            doc, size, line = [], 0, line[cut:]
-        doc.append(line)
-        size += len(line)
-        if size >= DOC_CHARS and (not line.strip() or size >= 4 * DOC_CHARS):
-            yield "".join(doc)
-            doc, size = [], 0
-    if doc:
-        yield "".join(doc)
-
-
-def jsonl_documents(path):
-    skipped = 0
-    for i, line in enumerate(read_lines(path), 1):
-        if not line.strip():
-            continue
-        try:
-            text = json.loads(line)["text"]
-            if not isinstance(text, str):
-                raise TypeError
-            yield text
-        except (ValueError, KeyError, TypeError):
-            skipped += 1
-    if skipped:
-        print(f"  warning: {path}: skipped {skipped} lines without a string \"text\" field")
-
-
-def parquet_documents(path):
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as e:
-        raise PrepareError(f"--data: {path} is not a readable parquet file ({short_reason(e)})")
-    if "text" not in pf.schema_arrow.names:
-        raise PrepareError(f"--data: {path} has no `text` column (columns: {', '.join(pf.schema_arrow.names)})")
-    for batch in pf.iter_batches(columns=["text"], batch_size=ROW_GROUP_SIZE):
-        yield from (t for t in batch.column("text").to_pylist() if t)
-
-
-def local_documents(files):
-    for path in files:
-        suffix = os.path.splitext(path)[1].lower()
-        reader = {".parquet": parquet_documents, ".jsonl": jsonl_documents}.get(suffix, text_documents)
-        try:
-            yield from (doc for doc in reader(path) if doc.strip())
-        except OSError as e:
-            raise PrepareError(f"--data: cannot read {path} ({e.strerror or e})") from e
-
-
-def pack_local_corpus(path, setup, constants):
-    """Pack a local corpus into shuffled shards plus a validation shard spread evenly over it."""
-    files = local_files(path)
-    print(f"data: packing {len(files)} files from {path}")
-    n_docs = total_chars = 0
-    for doc in local_documents(files):
-        n_docs += 1
-        total_chars += len(doc)
-    needed = MIN_CHARS_PER_TOKEN * constants["VOCAB_SIZE"]
-    if total_chars < needed:
-        raise PrepareError(f"--data {path} holds {total_chars:,} characters of text; the {setup} setup's "
-                           f"{constants['VOCAB_SIZE']}-token vocabulary needs at least {needed:,}")
-    # Validation: enough text for the setup's evaluation tokens (about 4 characters a token, doubled
-    # for what packing crops), at most a tenth of the corpus; evaluation repeats it if it is short.
-    val_fraction = min(0.1, 8 * constants["EVAL_TOKENS"] / total_chars)
-    if n_docs < 3:
-        raise PrepareError(f"--data {path} holds {n_docs} document(s); training, validation and test need "
-                           f"one each at least: split it into several files or .jsonl records")
-    n_val = max(1, round(n_docs * val_fraction))  # at least one, however few and long the documents
-    n_train_shards = max(1, math.ceil(total_chars * (1 - val_fraction) / SHARD_CHARS))
-    # Two-level shuffle with bounded memory: documents go to random buckets on disk, then each
-    # bucket is shuffled in memory and becomes a shard.
-    rng, val, test = random.Random(0), [], []
-
-    def shuffled_buckets(bucket_paths):
-        for path in bucket_paths:
-            with open(path) as f:
-                docs = [json.loads(line) for line in f]
-            rng.shuffle(docs)  # a folder is usually ordered by topic; training wants a shuffled stream
-            yield docs
-            os.remove(path)
-
-    with scratch_dir(os.path.join(CACHE_DIR, "buckets.tmp")) as bucket_dir:
-        bucket_paths = [os.path.join(bucket_dir, f"{i}.jsonl") for i in range(n_train_shards)]
-        buckets = [open(p, "w") for p in bucket_paths]
-        try:
-            for i, doc in enumerate(local_documents(files)):
-                # the last of every n_docs / n_val documents is for validation and the one before it
-                # for test: both spread evenly over the corpus, and of about the same size
-                if (i + 1) * n_val // n_docs > i * n_val // n_docs:
-                    val.append(doc)
-                elif (i + 2) * n_val // n_docs > (i + 1) * n_val // n_docs:
-                    test.append(doc)
-                else:
-                    buckets[rng.randrange(n_train_shards)].write(json.dumps(doc) + "\n")
-        finally:
-            for b in buckets:
-                b.close()
-        publish_shards(shuffled_buckets(bucket_paths), val, test)
-    print(f"  {n_docs:,} documents, {total_chars / 1e6:.1f}M characters: "
-          f"{n_train_shards} training shard(s), {len(val):,} documents pinned for validation and {len(test):,} for test")
-
-
-# ---------------------------------------------------------------------------
 # Tokenizer
+
+SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+SPECIAL_TOKENS = [f"<|reserved_{i}|>" for i in range(4)]
+BOS_TOKEN = SPECIAL_TOKENS[0]
+TOKENIZER_MAX_CHARS = 1_000_000_000  # characters of training text the tokenizer sees at most
+TOKENIZER_DOC_CHARS = 10_000         # each document cut to this many characters for it
 
 def train_tokenizer(vocab_size):
     import rustbpe
@@ -539,8 +163,12 @@ def load_tokenizer(tokenizer_dir=TOKENIZER_DIR):
     return Tokenizer(enc, meta["special_tokens"][meta["bos"]], token_bytes)
 
 
+
 # ---------------------------------------------------------------------------
 # Data loading
+
+DOC_BUFFER = 1000  # documents the packing dataloader chooses from
+
 
 def shard_paths():
     return sorted(os.path.join(DATA_DIR, f) for f in os.listdir(DATA_DIR) if f.startswith("shard_") and f.endswith(".parquet"))
@@ -623,203 +251,11 @@ def make_dataloader(tokenizer, B, T, split, device=None):
         yield pair[0], pair[1], epoch
 
 
-# ---------------------------------------------------------------------------
-# Hardware: the device, the process settings that suit it, and the peaks that MFU and peak memory
-# are read against. Infrastructure, not research: train.py calls these once each.
-
-PEAK_FLOPS_FILE = os.path.join(CACHE_DIR, "peak_flops.json")  # CPU matmul peaks, measured once per machine
-ISA_CHECKS_FILE = os.path.join(CACHE_DIR, "isa_checks.json")  # the compiler's vector ISA checks, passed once per machine
-
-
-def default_device():
-    """CUDA, else Apple's MPS, else the CPU (a CUDA build of torch on a machine without a GPU: CPU)."""
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def device_name(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name()
-    if device.type == "mps":
-        return "Apple GPU (MPS)"
-    return f"CPU ({torch.get_num_threads()} threads)"
-
-
-def bf16_is_native(device):
-    """Whether bf16 math is native: NVIDIA GPUs from Ampere on, CPUs with AVX512-BF16 or AMX (there
-    a bf16 matmul runs several times an fp32 one). Elsewhere bf16 is emulated, slower than fp32.
-    MPS counts as not: bf16 there needs macOS 14 and recent chips to pay off."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_capability() >= (8, 0)
-    if device.type == "cpu":
-        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return False
-
-
-def tune_process(device, compile):
-    """Process settings for training on `device` that change no result, only speed."""
-    if device.type != "cpu":
-        return
-    if compile and shutil.which("g++"):
-        remember_isa_checks(subprocess.run(["g++", "-dumpversion"], capture_output=True, text=True).stdout.strip())
-    if platform.libc_ver()[0] == "glibc":
-        # A CPU training step frees and re-allocates gigabytes of activations and logits. By default
-        # glibc hands big blocks back to the kernel, and every step pays to fault them in again,
-        # zeroed. Keep freed memory in the process instead (torch puts big CPU tensors on 2 MB pages
-        # when THP_MEM_ALLOC_ENABLE is set before it starts, as train.py does).
-        M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # from glibc's malloc.h
-        libc = ctypes.CDLL(None)
-        libc.mallopt(M_MMAP_MAX, 0)  # big blocks come from the heap, not from fresh mappings...
-        libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)  # ...and the heap is never trimmed
-
-
-def remember_isa_checks(gxx_version):
-    """inductor proves each vector ISA it may use (AVX2, AVX512, AVX512-BF16, AMX) by building a test
-    and loading it in a fresh Python process, which imports torch: ~2 s apiece in every compiling
-    run. Keep each success in the cache, keyed by all it depends on, so a machine proves it once.
-    A failure is not kept: it is checked again next run."""
-    from torch._inductor import cpu_vec_isa
-    check_build = cpu_vec_isa.VecISA.check_build
-
-    def remembered_check_build(isa, code):
-        key = (f"{cpu_model()} | torch {torch.__version__} | g++ {gxx_version} | {isa._arch_flags} | "
-               f"{hashlib.sha256(code.encode()).hexdigest()[:16]}")
-        proven = read_json(ISA_CHECKS_FILE)
-        if proven.get(key) is True:
-            return True
-        if not check_build(isa, code):
-            return False
-        try:
-            write_json_atomically(ISA_CHECKS_FILE, {**read_json(ISA_CHECKS_FILE), key: True})
-        except OSError:  # no cache folder: check again next time
-            pass
-        return True
-
-    cpu_vec_isa.VecISA.check_build = remembered_check_build
-
-
-def synchronize(device):
-    """Wait for queued device work, so that wall-clock timings are real."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-def load_flash_attention_3(device):
-    """Flash Attention 3 from the Hugging Face kernel hub and where it came from, or None and why not."""
-    if device.type != "cuda":
-        return None, f"needs a CUDA GPU, this is {device.type}"
-    try:
-        from kernels import get_kernel
-        # varunneal's build is for Hopper (compute capability 9.0); kernels-community's for the rest
-        repo = "varunneal/flash-attention-3" if torch.cuda.get_device_capability() == (9, 0) else "kernels-community/flash-attn3"
-        fa3 = get_kernel(repo).flash_attn_interface
-        q = torch.zeros(1, 8, 1, 64, device=device, dtype=torch.bfloat16)
-        fa3.flash_attn_func(q, q, q, causal=True, window_size=(4, 0))  # loading is not running: try it once
-        return fa3, repo
-    except Exception as e:  # offline, no build for this GPU or torch, ...: many kinds, none fatal
-        reason = (str(e).strip().splitlines() or [""])[0][:150]
-        return None, f"unavailable: {type(e).__name__}: {reason}"
-
-
-# Dense bf16 tensor-core peaks (vendor datasheets, without sparsity); the first name contained in
-# the device's name wins. Pre-Ampere GPUs train in fp32, so theirs are fp32 peaks.
-GPU_PEAK_FLOPS = [
-    ("GB200", 2.5e15), ("B200", 2.25e15), ("H200 NVL", 835e12), ("H100 NVL", 835e12),
-    ("H100 PCIe", 756e12), ("H100", 989.5e12), ("H200", 989.5e12), ("H800", 989.5e12),
-    ("A100", 312e12), ("A800", 312e12), ("L40S", 362e12), ("L40", 181e12), ("L4", 121e12),
-    ("A10", 125e12), ("RTX 6000 Ada", 364e12), ("A6000", 155e12), ("RTX 4090", 165e12),
-    ("RTX 3090", 71e12), ("T4", 8.1e12), ("V100", 15.7e12),
-]
-# Apple GPUs in fp32 (MPS trains in fp32): GPU cores x 128 ALUs x 2 FLOPs x clock, for each chip's
-# largest GPU variant, so MFU errs low rather than high; unknown chips get the largest figure.
-MPS_PEAK_FLOPS = [
-    ("M1 Ultra", 20.8e12), ("M1 Max", 10.4e12), ("M1 Pro", 5.2e12), ("M1", 2.6e12),
-    ("M2 Ultra", 27.2e12), ("M2 Max", 13.6e12), ("M2 Pro", 6.8e12), ("M2", 3.6e12),
-    ("M3 Ultra", 32.8e12), ("M3 Max", 16.4e12), ("M3 Pro", 7.4e12), ("M3", 4.1e12),
-    ("M4 Max", 18.4e12), ("M4 Pro", 9.2e12), ("M4", 4.6e12),
-]
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):  # not Linux
-        return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True).stdout.strip()
-
-
-def measure_matmul_flops(dtype, sizes=(512, 1024, 2048), seconds=0.3):
-    """The best rate of square matmuls in `dtype` on the CPU, over a few sizes (which one is best
-    depends on the CPU's caches): the peak a CPU's MFU is read against. CPUs have no datasheet
-    figure that holds across models, vector units, clocks and thread counts, so we measure. Each
-    size is timed by its median product: the fastest single one is as often a timing outlier as
-    the machine's speed, and MFU read against an outlier would stay low for the cache's life."""
-    best = 0.0
-    for n in sizes:
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        a @ b  # the first call picks and prepares the kernel
-        times = []
-        t_end = time.perf_counter() + seconds
-        while time.perf_counter() < t_end:
-            t0 = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - t0)
-        best = max(best, 2 * n**3 / statistics.median(times))
-    return best
-
-
-def cpu_peak_flops(dtype):
-    """This machine's matmul peak in `dtype`, measured on first use (about a second) and kept in the
-    cache, keyed by everything it depends on, so later runs pay nothing. A figure measured while
-    the machine was busier than it has cores reads low: the next quiet start measures again."""
-    key = f"{cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__} | {dtype}"
-    peaks = read_json(PEAK_FLOPS_FILE)
-    quiet = os.getloadavg()[0] <= (os.cpu_count() or 1)
-    kept = peaks.get(key)
-    if not (isinstance(kept, dict) and {"flops", "quiet"} <= kept.keys()):
-        kept = None
-    if kept and (kept["quiet"] or not quiet):
-        return kept["flops"]
-    flops = max(measure_matmul_flops(dtype), kept["flops"] if kept else 0)
-    peaks[key] = dict(flops=flops, quiet=quiet)
-    print(f"Measured this CPU's matmul peak for MFU: {flops / 1e9:,.0f} GFLOP/s ({key})"
-          + ("" if quiet else "; the machine is busy, so MFU may read high: measured again when it is quiet"))
-    try:
-        write_json_atomically(PEAK_FLOPS_FILE, peaks)
-    except OSError:  # no cache folder: measure again next time
-        pass
-    return flops
-
-
-def peak_flops_of(device, bf16):
-    """Peak FLOP/s of the device at the precision training runs at (bf16 or fp32), for MFU."""
-    if device.type == "cuda":
-        for name, flops in GPU_PEAK_FLOPS:
-            if name in device_name(device):
-                return flops
-        print(f"Unknown GPU {device_name(device)!r}: MFU is against an H100's 989.5 TFLOP/s (add yours to GPU_PEAK_FLOPS in prepare.py)")
-        return 989.5e12
-    if device.type == "mps":
-        return next((flops for name, flops in MPS_PEAK_FLOPS if name in cpu_model()), 32.8e12)
-    return cpu_peak_flops(torch.bfloat16 if bf16 else torch.float32)
-
-
-def peak_memory_mb(device):
-    """Peak GPU memory on CUDA; elsewhere the process's peak resident memory."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 1024 / 1024
-    import resource  # Unix only
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 1024 / 1024 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
-
 
 # ---------------------------------------------------------------------------
-# Evaluation: the metric
+# The fixed metric: do not change. val_bpb is defined here and nowhere else:
+#   val_bpb = sum of -ln p(target) / (ln 2 * sum of the targets' UTF-8 bytes)
+# over every target of the frozen validation rows that is not a special token.
 
 def build_eval_rows(tokenizer, split, path, eval_tokens, seq_len):
     """Evaluation tokens, fixed once per cache: the first eval_tokens // seq_len packed rows of the
@@ -838,26 +274,28 @@ def build_eval_rows(tokenizer, split, path, eval_tokens, seq_len):
 
 @torch.no_grad()
 def evaluate_bpb(model, tokenizer, batch_size):
-    """Bits per byte on the pinned validation tokens: the summed cross-entropy (nats) of every target
-    that is not a special token, over ln 2 times their summed UTF-8 byte lengths. The judge computes
-    the cross-entropy itself from the logits `model(x)` returns for the inputs alone, so no code in
-    train.py decides what is scored, and it checks once that those logits are causal. Which tokens
-    are scored is fixed by the setup; batch_size only sets speed (the last batch is padded with
-    ignored targets so a compiled model sees one shape). In confirmation mode (AUTORESEARCH_CONFIRM=1,
-    set by `uv run analysis.py --confirm`) the test rows are scored too, and printed as test_bpb."""
+    """val_bpb: bits per byte of the model on the validation rows frozen in the cache (bits_per_byte
+    below does the arithmetic). Which tokens are scored is fixed by the setup; batch_size only sets
+    speed. In confirmation mode (AUTORESEARCH_CONFIRM=1, set by `uv run analysis.py --confirm`) the
+    test rows are scored the same way and printed as test_bpb."""
     require_prepared()
-    val_bpb = rows_bpb(model, tokenizer, batch_size, np.load(VAL_ROWS_FILE, allow_pickle=False), check=True)
+    val_bpb = bits_per_byte(model, tokenizer, np.load(VAL_ROWS_FILE, allow_pickle=False), batch_size, check=True)
     if not math.isfinite(val_bpb):
         sys.exit("error: val_bpb is not a number: the model's logits are not finite (the run diverged)")
     if CONFIRM:
         if not os.path.exists(TEST_ROWS_FILE):
             sys.exit(f"error: {CACHE_DIR} has no test split to confirm on; prepare a new cache (AUTORESEARCH_CACHE=<new folder>)")
-        test_bpb = rows_bpb(model, tokenizer, batch_size, np.load(TEST_ROWS_FILE, allow_pickle=False))
+        test_bpb = bits_per_byte(model, tokenizer, np.load(TEST_ROWS_FILE, allow_pickle=False), batch_size)
         print(f"test_bpb:         {test_bpb:.6f}")
     return val_bpb
 
 
-def rows_bpb(model, tokenizer, batch_size, rows, check=False):
+def bits_per_byte(model, tokenizer, rows, batch_size, check=False):
+    """The summed cross-entropy (nats) of every target in `rows` that is not a special token, over
+    ln 2 times their summed byte lengths (tokenizer.token_bytes: exact, 0 for specials). The judge
+    computes the cross-entropy itself from the logits `model(x)` returns for the inputs alone, so no
+    code in train.py decides what is scored, and with `check` it tests once that they are causal.
+    The last batch is padded with ignored targets so that a compiled model sees one shape."""
     device = next(model.parameters()).device
     token_bytes = torch.from_numpy(tokenizer.token_bytes).to(device)
     nats, nbytes = 0.0, 0  # summed in Python's double precision (MPS has no float64)
@@ -916,75 +354,9 @@ def summed_cross_entropy(logits, y, scored):
     return total
 
 
+
 # ---------------------------------------------------------------------------
 # The command line
-
-def has_data():
-    return os.path.isdir(DATA_DIR) and any(f.startswith("shard_") for f in os.listdir(DATA_DIR))
-
-
-def holds_prepared_files():
-    return has_data() or os.path.exists(TOKENIZER_DIR) or os.path.exists(VAL_ROWS_FILE)
-
-
-@contextmanager
-def cache_lock():
-    """One prepare at a time on a cache: a second one waits, then finds the first one's work done."""
-    os.makedirs(CACHE_DIR, exist_ok=True)
-    with open(os.path.join(CACHE_DIR, ".prepare.lock"), "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"waiting: another prepare is running on {CACHE_DIR}", flush=True)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock, also when the process dies
-
-
-def claim_cache(setup, source):
-    """(setup, source, constants) of this cache: the recorded ones, or for a new cache the ones asked
-    for, recorded before anything else is written so that nothing of another setup mixes in."""
-    recorded = read_recorded_setup()
-    if recorded and not holds_prepared_files():  # claimed by a prepare that got nothing (no network)
-        recorded = None
-        shutil.rmtree(DATA_DIR, ignore_errors=True)
-    if recorded:
-        if (setup or recorded["setup"], source or recorded["source"]) != (recorded["setup"], recorded["source"]):
-            raise PrepareError(f"{CACHE_DIR} already holds the {recorded['setup']} setup of {recorded['source']}; "
-                               f"prepare {setup or recorded['setup']} of {source or recorded['source']} in another "
-                               f"cache: AUTORESEARCH_CACHE=<new folder> uv run prepare.py ...")
-        return recorded["setup"], recorded["source"], recorded["constants"]
-    if holds_prepared_files():
-        raise PrepareError(f"{CACHE_DIR} holds prepared files but no record of their setup ({SETUP_FILE}); "
-                           f"move them away, or prepare in another cache: AUTORESEARCH_CACHE=<new folder>")
-    source = source or "fineweb-edu"
-    if setup is None:
-        setup = default_setup_name()
-        why = "a CUDA GPU is present" if setup == "full" else "no CUDA GPU found"
-        print(f"setup: {setup.upper()} ({why}; --setup NAME chooses another of {', '.join(SETUPS)})")
-    constants = SETUPS[setup]
-    write_json_atomically(SETUP_FILE, dict(setup=setup, source=source, constants=constants))
-    return setup, source, constants
-
-
-def get_data(source, setup, constants, num_shards, workers):
-    """Download or pack the shards. True when they were made anew, which makes whatever was derived
-    from earlier ones stale (a downloaded shard never changes: fetching a missing one is not that)."""
-    if "shards" in DATASETS.get(source, {}):
-        os.makedirs(DATA_DIR, exist_ok=True)
-        download_shards(source, num_shards, workers)
-        return False
-    if has_data():
-        print(f"data: already in {DATA_DIR}")
-        if source == "tinystories" and not os.path.exists(TEST_SHARD):  # packed before test splits existed
-            lo, hi = DATASETS["tinystories"]["test_rows"]
-            write_shard(TEST_SHARD, tinystories_texts()[lo:hi])
-        return False
-    if source == "tinystories":
-        repack_tinystories()
-    else:
-        pack_local_corpus(source, setup, constants)
-    return True
-
 
 def tokenizer_vocab_size():
     try:
@@ -1014,7 +386,7 @@ def derive_from_data(constants, data_is_new):
         train_tokenizer(constants["VOCAB_SIZE"])
     eval_tokens, seq_len = constants["EVAL_TOKENS"], constants["MAX_SEQ_LEN"]
     for split, path in (("val", VAL_ROWS_FILE), ("test", TEST_ROWS_FILE)):
-        if split == "test" and not os.path.exists(TEST_SHARD):
+        if split == "test" and not os.path.exists(TEST_SHARD):  # compatibility: remove with such caches
             print("test: none; this data was packed before test splits existed, and `uv run analysis.py "
                   "--confirm` needs a cache prepared anew (AUTORESEARCH_CACHE=<new folder>)")
         elif rows_shape(path) != (eval_tokens // seq_len, seq_len + 1):
@@ -1024,7 +396,7 @@ def derive_from_data(constants, data_is_new):
 
 def prepare(dataset, data, num_shards, workers, setup):
     with cache_lock():
-        setup, source, constants = claim_cache(setup, os.path.abspath(data) if data else dataset)
+        setup, source, constants = claim_cache(setup, os.path.abspath(data) if data else dataset, SETUPS)
         data_is_new = get_data(source, setup, constants, num_shards, workers)
         derive_from_data(constants, data_is_new)
     print(f"ready: setup {setup} (MAX_SEQ_LEN={constants['MAX_SEQ_LEN']}, TIME_BUDGET={constants['TIME_BUDGET']}, "

@@ -27,8 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from prepare import MAX_SEQ_LEN, TIME_BUDGET, EVAL_TOKENS, SETUP, Tokenizer, make_dataloader, evaluate_bpb
-from prepare import (default_device, device_name, bf16_is_native, tune_process, synchronize,
-                     load_flash_attention_3, peak_flops_of, peak_memory_mb)
+from machinery import (default_device, device_name, bf16_is_native, tune_process, synchronize,
+                       load_flash_attention_3, peak_flops_of, peak_memory_mb)
 
 # Line-buffered stdout: output redirected to run.log must not sit in a buffer and land after a
 # crash's traceback, which has to be the last thing in the log.
@@ -62,7 +62,7 @@ COMPILE_BY_BLOCK = device.type != "cuda"
 # elsewhere only the compile step is slower than the rest (step 1 runs as fast as step 2 on a CPU).
 UNTIMED_STEPS = 11 if device.type == "cuda" else 1
 
-tune_process(device, COMPILE)  # memory allocator and compiler settings: speed only (see prepare.py)
+tune_process(device, COMPILE)  # memory allocator and compiler settings: speed only (see machinery.py)
 fa3, fa3_note = load_flash_attention_3(device)  # the reference attention kernel, where it loads
 
 
@@ -305,7 +305,7 @@ class GPT(nn.Module):
         }
 
     def setup_optimizer(self, unembedding_lr=0.004, embedding_lr=0.2, matrix_lr=0.02,
-                        weight_decay=0.0, adam_betas=(0.8, 0.95), scalar_lr=0.5, compile=False):
+                        weight_decay=0.0, adam_betas=(0.8, 0.95), scalar_lr=0.5, compiled=False):
         model_dim = self.config.n_embd
         matrix_params = list(self.transformer.h.parameters())
         value_embeds_params = list(self.value_embeds.parameters())
@@ -331,12 +331,12 @@ class GPT(nn.Module):
                 kind='muon', params=group_params, lr=matrix_lr,
                 momentum=0.95, ns_steps=5, beta2=0.95, weight_decay=weight_decay,
             ))
-        optimizer = MuonAdamW(param_groups, compile=compile)
+        optimizer = MuonAdamW(param_groups, compiled=compiled)
         for group in optimizer.param_groups:
             group["initial_lr"] = group["lr"]
         return optimizer
 
-    def forward(self, idx, targets=None, reduction='mean'):
+    def forward(self, idx, targets=None):
         B, T = idx.size()
         assert T <= self.cos.size(1)
         cos_sin = self.cos[:, :T], self.sin[:, :T]
@@ -348,9 +348,9 @@ class GPT(nn.Module):
             x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
             ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
             x = block(x, ve, cos_sin, self.window_sizes[i])
-        return self.head(x, targets, reduction)
+        return self.head(x, targets)
 
-    def head(self, x, targets=None, reduction='mean'):
+    def head(self, x, targets=None):
         x = norm(x)
         softcap = 15  # smoothly caps logits to [-15, 15]
         logits = self.lm_head(x)
@@ -359,9 +359,7 @@ class GPT(nn.Module):
         logits = 2 * softcap * torch.sigmoid(logits * (2 / softcap)) - softcap
 
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
-                                   ignore_index=-1, reduction=reduction)
-            return loss
+            return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
         return logits
 
 # ---------------------------------------------------------------------------
@@ -434,10 +432,10 @@ def muon_step_fused(stacked_grads, stacked_params, momentum_buffer, second_momen
 class MuonAdamW(torch.optim.Optimizer):
     """Muon for the matrices inside the blocks, AdamW for everything else."""
 
-    def __init__(self, param_groups, compile=False):
+    def __init__(self, param_groups, compiled=False):
         super().__init__(param_groups, defaults={})
-        self.compiled = compile
-        if compile:
+        self.compiled = compiled
+        if compiled:
             self._adamw = torch.compile(adamw_step_fused, dynamic=False, fullgraph=True)
             self._muon = torch.compile(muon_step_fused, dynamic=False, fullgraph=True)
         else:
@@ -585,7 +583,7 @@ grad_accum_steps = TOTAL_BATCH_SIZE // tokens_per_fwdbwd
 
 optimizer = model.setup_optimizer(unembedding_lr=UNEMBEDDING_LR, embedding_lr=EMBEDDING_LR, scalar_lr=SCALAR_LR,
                                   adam_betas=ADAM_BETAS, matrix_lr=MATRIX_LR, weight_decay=WEIGHT_DECAY,
-                                  compile=COMPILE_OPTIMIZER)
+                                  compiled=COMPILE_OPTIMIZER)
 
 if COMPILE and COMPILE_BY_BLOCK:
     for block in model.transformer.h:

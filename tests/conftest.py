@@ -6,10 +6,43 @@ import os
 import subprocess
 import sys
 import threading
+import types
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(ROOT, "train.py")
+HYPERPARAMETERS = "# Hyperparameters (edit these directly"  # train.py's section header after its definitions
+
+
+def load_prepare(monkeypatch, cache):
+    """prepare.py and machinery.py read the cache's location and setup at import: import both afresh
+    for this cache. Returns prepare; `import machinery` after this gets the fresh machinery."""
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(cache))
+    monkeypatch.syspath_prepend(ROOT)
+    for name in ("prepare", "machinery"):
+        sys.modules.pop(name, None)
+    import prepare
+    return prepare
+
+
+def load_machinery(monkeypatch, cache):
+    """machinery.py afresh for this cache (with prepare.py, which imports it)."""
+    load_prepare(monkeypatch, cache)
+    return sys.modules["machinery"]
+
+
+def train_definitions(source=None, until=HYPERPARAMETERS):
+    """train.py's code above the line `until` (by default its definitions: device section, model,
+    optimizer), run as a module; `source` is an edited train.py's text."""
+    source = source or open(TRAIN).read()
+    assert until in source, f"train.py lost the section header the tests split at: {until!r}"
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)  # for its `from prepare import ...`
+    module = types.ModuleType("train_definitions")
+    module.__file__ = TRAIN
+    exec(compile(source[:source.index(until)], TRAIN, "exec"), module.__dict__)
+    return module
 
 
 def stdlib_documents():

@@ -14,12 +14,11 @@ import statistics
 import subprocess
 import sys
 import time
-import types
 
 import pytest
 import torch
 
-from conftest import ROOT, write_corpus
+from conftest import ROOT, TRAIN, train_definitions, write_corpus
 
 pytestmark = pytest.mark.bench
 SETUP_MARKER = "# Setup: tokenizer, model, optimizer, dataloader"
@@ -38,17 +37,14 @@ ANCHOR_EDITS = [
 BENCH_ROUNDS = int(os.environ.get("BENCH_ROUNDS", 5))  # anchor / train.py pairs, one process each
 
 
-def train_definitions(path):
+def bench_definitions(path):
     """train.py's definitions and hyperparameters (everything before its set-up), on `path`'s code."""
-    sys.path.insert(0, ROOT)
-    source = open(os.path.join(ROOT, "train.py")).read()
-    source = source[:source.index(SETUP_MARKER)]
+    source = open(TRAIN).read()
     if path == "anchor":
         for ours, reference in ANCHOR_EDITS:
             assert ours in source, f"train.py no longer has {ours!r}: update ANCHOR_EDITS in {__file__}"
             source = source.replace(ours, reference)
-    module = types.ModuleType("train_bench")
-    exec(compile(source, "train.py", "exec"), module.__dict__)
+    module = train_definitions(source, until=SETUP_MARKER)
     assert module.SETUP == "small", "the benchmarks need a `small` cache"
     return module
 
@@ -61,7 +57,7 @@ def build(train, compile_model, compile_optimizer):
         model = train.GPT(config)
     model.to_empty(device=train.device)
     model.init_weights()
-    optimizer = model.setup_optimizer(compile=compile_optimizer)
+    optimizer = model.setup_optimizer(compiled=compile_optimizer)
     if compile_model and train.COMPILE_BY_BLOCK:  # as train.py compiles it
         for block in model.transformer.h:
             block.compile(dynamic=False)
@@ -143,7 +139,7 @@ def test_dataloader_outruns_the_model_tenfold(small_cache, tmp_path):
 
 if __name__ == "__main__":  # one measurement: python tests/test_bench.py anchor|train.py
     path = sys.argv[1]
-    train = train_definitions(path)
+    train = bench_definitions(path)
     compile_model = train.COMPILE
     compile_optimizer = train.COMPILE if path == "anchor" else train.COMPILE and train.device.type == "cuda"
     print(step_seconds(train, *build(train, compile_model, compile_optimizer)))

@@ -1,4 +1,4 @@
-"""prepare.py's hardware utilities: the CPU's measured matmul peak that MFU is read against, and
+"""machinery.py's hardware utilities: the CPU's measured matmul peak that MFU is read against, and
 the one-shot GPU check script (its plumbing, as far as a CPU can run it)."""
 import os
 import shutil
@@ -8,82 +8,77 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, load_machinery
 
 
 @pytest.fixture
-def prepare(monkeypatch, tmp_path):
-    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path))
-    sys.modules.pop("prepare", None)  # it reads its cache location at import
-    monkeypatch.syspath_prepend(ROOT)
-    import prepare
-    yield prepare
-    sys.modules.pop("prepare", None)
+def machinery(monkeypatch, tmp_path):
+    return load_machinery(monkeypatch, tmp_path)
 
 
-def test_cpu_peak_is_measured_once_per_machine_and_kept(prepare, monkeypatch):
+def test_cpu_peak_is_measured_once_per_machine_and_kept(machinery, monkeypatch):
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # a quiet machine
     calls = []
-    monkeypatch.setattr(prepare, "measure_matmul_flops", lambda dtype: calls.append(dtype) or 123e9)
+    monkeypatch.setattr(machinery, "measure_matmul_flops", lambda dtype: calls.append(dtype) or 123e9)
     cpu = torch.device("cpu")
-    assert prepare.peak_flops_of(cpu, bf16=True) == 123e9
-    assert prepare.peak_flops_of(cpu, bf16=True) == 123e9
+    assert machinery.peak_flops_of(cpu, bf16=True) == 123e9
+    assert machinery.peak_flops_of(cpu, bf16=True) == 123e9
     assert calls == [torch.bfloat16]  # the second run read it from the cache
-    assert os.path.exists(prepare.PEAK_FLOPS_FILE)
-    prepare.peak_flops_of(cpu, bf16=False)  # another precision is another peak
+    assert os.path.exists(machinery.PEAK_FLOPS_FILE)
+    machinery.peak_flops_of(cpu, bf16=False)  # another precision is another peak
     assert calls == [torch.bfloat16, torch.float32]
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1 if threads > 1 else 2)  # so is another thread count
-        prepare.peak_flops_of(cpu, bf16=True)
+        machinery.peak_flops_of(cpu, bf16=True)
     finally:
         torch.set_num_threads(threads)
     assert len(calls) == 3
 
 
-def test_a_peak_measured_on_a_busy_machine_is_measured_again_when_quiet(prepare, monkeypatch):
+def test_a_peak_measured_on_a_busy_machine_is_measured_again_when_quiet(machinery, monkeypatch):
     rates = iter([50e9, 200e9])
-    monkeypatch.setattr(prepare, "measure_matmul_flops", lambda dtype: next(rates))
+    monkeypatch.setattr(machinery, "measure_matmul_flops", lambda dtype: next(rates))
     cpu = torch.device("cpu")
     monkeypatch.setattr(os, "getloadavg", lambda: (100.0, 0.0, 0.0))
-    assert prepare.peak_flops_of(cpu, bf16=True) == 50e9
-    assert prepare.peak_flops_of(cpu, bf16=True) == 50e9  # still busy: the kept figure, no new probe
+    assert machinery.peak_flops_of(cpu, bf16=True) == 50e9
+    assert machinery.peak_flops_of(cpu, bf16=True) == 50e9  # still busy: the kept figure, no new probe
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
-    assert prepare.peak_flops_of(cpu, bf16=True) == 200e9  # quiet: measured again, and kept
-    assert prepare.peak_flops_of(cpu, bf16=True) == 200e9
+    assert machinery.peak_flops_of(cpu, bf16=True) == 200e9  # quiet: measured again, and kept
+    assert machinery.peak_flops_of(cpu, bf16=True) == 200e9
 
 
 @pytest.mark.parametrize("contents", ['{"%s": 99000000000.0}', '[1, 2]', '{"%s": {"flops": 1}}'])
-def test_a_peak_file_of_another_format_is_measured_afresh(prepare, monkeypatch, contents):
+def test_a_peak_file_of_another_format_is_measured_afresh(machinery, monkeypatch, contents):
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
-    monkeypatch.setattr(prepare, "measure_matmul_flops", lambda dtype: 123e9)
-    key = f"{prepare.cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__} | {torch.bfloat16}"
-    with open(prepare.PEAK_FLOPS_FILE, "w") as f:
+    monkeypatch.setattr(machinery, "measure_matmul_flops", lambda dtype: 123e9)
+    key = f"{machinery.cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__} | {torch.bfloat16}"
+    with open(machinery.PEAK_FLOPS_FILE, "w") as f:
         f.write(contents.replace("%s", key.replace('"', '\\"')) if "%s" in contents else contents)
-    assert prepare.peak_flops_of(torch.device("cpu"), bf16=True) == 123e9
+    assert machinery.peak_flops_of(torch.device("cpu"), bf16=True) == 123e9
 
 
 @pytest.mark.skipif(shutil.which("g++") is None or torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
                     reason="needs g++ and an x86 CPU with AVX2")
-def test_a_vector_isa_check_passed_once_is_not_run_again(prepare, monkeypatch, tmp_path):
+def test_a_vector_isa_check_passed_once_is_not_run_again(machinery, monkeypatch, tmp_path):
     from torch._inductor import cpu_vec_isa
     monkeypatch.setattr(cpu_vec_isa.VecISA, "check_build", cpu_vec_isa.VecISA.check_build)  # undone afterwards
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     loads = []  # inductor's check loads the library it built in a fresh Python process: the slow part
     check_call = subprocess.check_call
     monkeypatch.setattr(subprocess, "check_call", lambda *args, **kw: loads.append(args) or check_call(*args, **kw))
-    prepare.remember_isa_checks("12")
+    machinery.remember_isa_checks("12")
     avx2 = cpu_vec_isa.VecAVX2()
     assert avx2.check_build(cpu_vec_isa.VecISA._avx_code)
-    assert len(loads) == 1 and len(prepare.read_json(prepare.ISA_CHECKS_FILE)) == 1
+    assert len(loads) == 1 and len(machinery.read_json(machinery.ISA_CHECKS_FILE)) == 1
     assert avx2.check_build(cpu_vec_isa.VecISA._avx_code)
     assert len(loads) == 1  # the kept answer: no build, no fresh process
     assert not avx2.check_build("this is not C++")
-    assert len(prepare.read_json(prepare.ISA_CHECKS_FILE)) == 1  # a failure is not kept
+    assert len(machinery.read_json(machinery.ISA_CHECKS_FILE)) == 1  # a failure is not kept
 
 
-def test_matmul_probe_measures_a_plausible_rate(prepare):
-    flops = prepare.measure_matmul_flops(torch.float32, sizes=(128, 256), seconds=0.05)
+def test_matmul_probe_measures_a_plausible_rate(machinery):
+    flops = machinery.measure_matmul_flops(torch.float32, sizes=(128, 256), seconds=0.05)
     assert 1e8 < flops < 1e14  # 0.1 GFLOP/s .. 100 TFLOP/s: a CPU, fast or slow
 
 

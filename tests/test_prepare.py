@@ -1,7 +1,6 @@
 """prepare.py: downloads, local packing, tokenizer, dataloader, the metric and its error messages."""
 import errno
 import fcntl
-import importlib
 import json
 import math
 import os
@@ -15,18 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-import torch.nn.functional as F
 
-from conftest import ROOT, ShardServer, run_prepare, stdlib_documents, write_corpus
+from conftest import ROOT, ShardServer, load_machinery, load_prepare, run_prepare, stdlib_documents, write_corpus
 
 sys.path.insert(0, ROOT)
-
-
-def load_prepare(monkeypatch, cache):
-    """prepare.py reads its cache location and setup at import: import it afresh for this cache."""
-    monkeypatch.setenv("AUTORESEARCH_CACHE", str(cache))
-    import prepare
-    return importlib.reload(prepare)
+from machinery import DOC_CHARS  # noqa: E402
 
 
 def assert_one_line_error(result, *needles):
@@ -63,36 +55,36 @@ def server(tmp_path):
 
 
 def test_download_retries_until_the_server_recovers(server, tmp_path, monkeypatch):
-    prep = load_prepare(monkeypatch, tmp_path / "cache")
+    mach = load_machinery(monkeypatch, tmp_path / "cache")
     path = "/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main/shard_00000.parquet"
     server.failures[path] = 2
     dest = tmp_path / "shard.parquet"
-    prep.download_file(server.endpoint + path, str(dest), backoff=0.01)
+    mach.download_file(server.endpoint + path, str(dest), backoff=0.01)
     assert server.hits[path] == 3
     assert dest.read_bytes() == server.files[path]
 
 
 def test_a_mirror_that_compresses_is_downloaded_whole(server, tmp_path, monkeypatch):
-    prep = load_prepare(monkeypatch, tmp_path / "cache")
+    mach = load_machinery(monkeypatch, tmp_path / "cache")
     server.compress = True
     path = "/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main/shard_00000.parquet"
     dest = tmp_path / "shard.parquet"
-    prep.download_file(server.endpoint + path, str(dest), attempts=1)
+    mach.download_file(server.endpoint + path, str(dest), attempts=1)
     assert dest.read_bytes() == server.files[path]
 
 
 def test_truncated_download_is_fetched_again_and_never_kept(server, tmp_path, monkeypatch):
-    prep = load_prepare(monkeypatch, tmp_path / "cache")
+    mach = load_machinery(monkeypatch, tmp_path / "cache")
     path = "/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main/shard_00001.parquet"
     dest = tmp_path / "shard.parquet"
     server.truncate[path] = 1
-    prep.download_file(server.endpoint + path, str(dest), backoff=0.01)
+    mach.download_file(server.endpoint + path, str(dest), backoff=0.01)
     assert server.hits[path] == 2 and dest.read_bytes() == server.files[path]
 
     server.truncate[path] = 99  # never whole: the download fails and leaves nothing behind
     dest2 = tmp_path / "other.parquet"
     with pytest.raises(OSError, match="not a valid parquet"):
-        prep.download_file(server.endpoint + path, str(dest2), attempts=3, backoff=0.01)
+        mach.download_file(server.endpoint + path, str(dest2), attempts=3, backoff=0.01)
     assert not dest2.exists() and not [f for f in os.listdir(tmp_path) if ".tmp" in f]
 
 
@@ -215,7 +207,7 @@ def test_one_huge_file_is_split_into_documents(tmp_path, monkeypatch):
     run_prepare(cache, "--data", str(src), "--setup", "smoke")
     prep = load_prepare(monkeypatch, cache)
     docs = [t for p in prep.shard_paths() + [prep.TEST_SHARD] for t in pq.read_table(p).column("text").to_pylist()]
-    assert len(docs) > 50 and max(map(len, docs)) <= 4 * prep.DOC_CHARS
+    assert len(docs) > 50 and max(map(len, docs)) <= 4 * DOC_CHARS
     assert sum(map(len, docs)) == len(text) + 300_000  # split, not cut: every character kept
 
 
@@ -573,20 +565,34 @@ def test_a_uniform_model_scores_log2_vocab_per_token(smoke_cache, monkeypatch):
     assert prep.evaluate_bpb(model, tok, 16) == pytest.approx(expected, rel=1e-6)  # fp32 losses
 
 
-def test_the_judge_fails_a_model_that_sees_later_tokens_in_one_line(smoke_cache, tmp_path):
+class Diverged(Bigram):
+    """A run that diverged: its logits are NaN, which no arithmetic may turn into a score."""
+
+    def forward(self, x, y=None, reduction="mean"):
+        return torch.full((*x.shape, self.logits.size(1)), float("nan"))
+
+
+def judge_model(cache, model):
+    """evaluate_bpb on one of the models above, in a fresh Python, as train.py would call it."""
     code = ("import sys; sys.path.insert(0, 'tests'); import prepare, test_prepare as t; "
             "tok = prepare.Tokenizer.from_directory(); "
-            "print(prepare.evaluate_bpb(t.{model}(tok.get_vocab_size()), tok, 16))")
-    env = dict(os.environ, AUTORESEARCH_CACHE=smoke_cache)
-    honest = subprocess.run([sys.executable, "-c", code.format(model="Bigram")], cwd=ROOT, env=env,
-                            capture_output=True, text=True)
+            f"print(prepare.evaluate_bpb(t.{model}(tok.get_vocab_size()), tok, 16))")
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ, AUTORESEARCH_CACHE=cache),
+                          capture_output=True, text=True)
+
+
+def test_the_judge_fails_a_model_that_sees_later_tokens_in_one_line(smoke_cache):
+    honest = judge_model(smoke_cache, "Bigram")
     assert honest.returncode == 0 and float(honest.stdout) > 1, honest.stderr
-    jittery = subprocess.run([sys.executable, "-c", code.format(model="Jittery")], cwd=ROOT, env=env,
-                             capture_output=True, text=True)
+    jittery = judge_model(smoke_cache, "Jittery")
     assert jittery.returncode == 0, jittery.stderr  # rounding is not seeing the future
-    peeking = subprocess.run([sys.executable, "-c", code.format(model="Peeking")], cwd=ROOT, env=env,
-                             capture_output=True, text=True)
-    assert_one_line_error(peeking, "not causal")
+    assert_one_line_error(judge_model(smoke_cache, "Peeking"), "not causal")
+
+
+def test_the_judge_refuses_a_val_bpb_that_is_not_a_number_in_one_line(smoke_cache):
+    result = judge_model(smoke_cache, "Diverged")
+    assert_one_line_error(result, "val_bpb is not a number")
+    assert "nan" not in result.stdout  # no score printed for the agent to grep
 
 
 def test_the_judge_scores_only_the_real_vocabulary_of_a_padded_model(smoke_cache, monkeypatch):

@@ -5,7 +5,6 @@ Not tested twice: present, valid shards are not fetched again (test_prepare.py's
 test_prepare_downloads_then_reruns_as_a_no_op_and_refetches_a_corrupt_shard counts a rerun's requests).
 """
 import functools
-import importlib
 import json
 import math
 import os
@@ -14,7 +13,6 @@ import re
 import shutil
 import subprocess
 import sys
-import types
 
 import numpy as np
 import pyarrow as pa
@@ -23,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, ShardServer, stdlib_documents
+from conftest import ROOT, TRAIN, ShardServer, load_machinery, load_prepare, stdlib_documents, train_definitions
 
 sys.path.insert(0, ROOT)
 
@@ -32,17 +30,6 @@ sys.path.insert(0, ROOT)
 # steps a run on the CPU leaves untimed, change this number, and only this.
 WARMUP_STEPS = 1
 
-TRAIN = os.path.join(ROOT, "train.py")
-MARKER = "# Hyperparameters (edit these directly"
-
-
-def load_prepare(monkeypatch, cache):
-    """prepare.py reads its cache location and setup at import: import it afresh for this cache."""
-    monkeypatch.setenv("AUTORESEARCH_CACHE", str(cache))
-    import prepare
-    return importlib.reload(prepare)
-
-
 def shard_texts(paths):
     return [t for p in paths for t in pq.read_table(p, columns=["text"]).column("text").to_pylist()]
 
@@ -50,10 +37,9 @@ def shard_texts(paths):
 def prepare_in_process(cache, data=None, **env):
     """`uv run prepare.py [--data PATH] --num-shards 2 --setup smoke`, without paying for a new Python."""
     with pytest.MonkeyPatch.context() as mp:
-        for name, value in dict(env, AUTORESEARCH_CACHE=str(cache)).items():
+        for name, value in env.items():
             mp.setenv(name, value)
-        import prepare
-        importlib.reload(prepare).prepare(None, data, 2, 4, "smoke")
+        load_prepare(mp, cache).prepare(None, data, 2, 4, "smoke")
 
 
 def copy_cache(src, dst, **constants):
@@ -225,16 +211,16 @@ def nothing_left(folder):
 @pytest.mark.parametrize("claimed", [+1000, -1000], ids=["claims-more", "claims-less"])
 def test_a_content_length_mismatch_is_refused(one_shard, tmp_path, monkeypatch, claimed):
     srv, path, body = one_shard
-    prep = load_prepare(monkeypatch, tmp_path / "cache")
+    mach = load_machinery(monkeypatch, tmp_path / "cache")
     dest = tmp_path / "dest.parquet"
     # The whole, valid file, under a Content-Length that does not match it: never kept
     srv.plan[path] = [(body, len(body) + claimed)] * 3
     with pytest.raises(OSError):
-        prep.download_file(srv.url(path), str(dest), attempts=3, backoff=0.01)
+        mach.download_file(srv.url(path), str(dest), attempts=3, backoff=0.01)
     assert srv.hits[path] == 3 and nothing_left(tmp_path)
     # once the server sends what it claims, the retry keeps the right file
     srv.plan[path] = [(body, len(body) + claimed)]
-    prep.download_file(srv.url(path), str(dest), attempts=3, backoff=0.01)
+    mach.download_file(srv.url(path), str(dest), attempts=3, backoff=0.01)
     assert srv.hits[path] == 5 and dest.read_bytes() == body
 
 
@@ -256,19 +242,19 @@ def corrupt_a_page(body, tmp_path):
 
 def test_a_corrupt_page_in_a_complete_file_is_refused(one_shard, tmp_path, monkeypatch):
     srv, path, body = one_shard
-    prep = load_prepare(monkeypatch, tmp_path / "cache")
+    mach = load_machinery(monkeypatch, tmp_path / "cache")
     bad = corrupt_a_page(body, tmp_path)
-    assert not prep.verify_parquet(str(tmp_path / "probe.parquet"))
+    assert not mach.verify_parquet(str(tmp_path / "probe.parquet"))
     dest = tmp_path / "dest.parquet"
     srv.plan[path] = [(bad, None)] * 3  # always corrupt: refused, nothing kept
     with pytest.raises(OSError):
-        prep.download_file(srv.url(path), str(dest), attempts=3, backoff=0.01)
+        mach.download_file(srv.url(path), str(dest), attempts=3, backoff=0.01)
     assert srv.hits[path] == 3 and nothing_left(tmp_path)
     srv.plan[path] = [(bad, None)]  # corrupt once: fetched again
-    prep.download_file(srv.url(path), str(dest), attempts=3, backoff=0.01)
+    mach.download_file(srv.url(path), str(dest), attempts=3, backoff=0.01)
     assert srv.hits[path] == 5 and dest.read_bytes() == body
     dest.write_bytes(bad)  # corrupt on disk: not taken as present, fetched again
-    prep.download_file(srv.url(path), str(dest), attempts=3, backoff=0.01)
+    mach.download_file(srv.url(path), str(dest), attempts=3, backoff=0.01)
     assert srv.hits[path] == 6 and dest.read_bytes() == body
 
 
@@ -277,26 +263,26 @@ def test_a_corrupt_page_in_a_complete_file_is_refused(one_shard, tmp_path, monke
 # and a 300,000-character line, which stays one document)
 
 def test_one_huge_line_is_split_into_documents_keeping_every_character(tmp_path, monkeypatch):
-    prep = load_prepare(monkeypatch, tmp_path / "cache")
+    mach = load_machinery(monkeypatch, tmp_path / "cache")
     words = " ".join(documents()).encode("ascii", "ignore").decode().split()
     text = " ".join(words)
     text = (text * (2_600_000 // len(text) + 1))[:2_600_000]  # 2.6 MB, no line break at all
     path = tmp_path / "one_line.txt"
     path.write_text(text)
-    docs = list(prep.local_documents([str(path)]))
+    docs = list(mach.local_documents([str(path)]))
     assert len(docs) >= 3
     assert "".join(docs) == text  # split, never cut: every character kept, in order
-    assert max(map(len, docs)) <= 4 * prep.DOC_CHARS  # no document is a whole megabyte of one line
+    assert max(map(len, docs)) <= 4 * mach.DOC_CHARS  # no document is a whole megabyte of one line
 
 
 def test_one_huge_line_of_non_ascii_text_is_split_without_breaking_characters(tmp_path, monkeypatch):
-    prep = load_prepare(monkeypatch, tmp_path / "cache")
+    mach = load_machinery(monkeypatch, tmp_path / "cache")
     text = "xxx" + "Crème brûlée, naïve façade à São Paulo. " * 40_000  # 1.7 MB in one line
     encoded = text.encode("utf-8")
     assert encoded[1 << 20] & 0xC0 == 0x80  # byte 2**20 is inside a character
     path = tmp_path / "one_line.txt"
     path.write_bytes(encoded)
-    docs = list(prep.local_documents([str(path)]))
+    docs = list(mach.local_documents([str(path)]))
     assert len(docs) >= 2 and "".join(docs) == text
 
 
@@ -388,14 +374,8 @@ def train(tmp_path_factory):
     (cache / "setup.json").write_text(json.dumps(dict(setup="smoke", source="none", constants=dict(
         MAX_SEQ_LEN=128, TIME_BUDGET=5, EVAL_TOKENS=2**14, VOCAB_SIZE=512))))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AUTORESEARCH_CACHE", str(cache))
-        import prepare
-        importlib.reload(prepare)
-        source = open(TRAIN).read()
-        module = types.ModuleType("train_definitions")
-        module.__file__ = TRAIN
-        exec(compile(source[:source.index(MARKER)], TRAIN, "exec"), module.__dict__)
-    return module
+        load_prepare(mp, cache)
+        return train_definitions()
 
 
 ADAMW = dict(eps=1e-10, weight_decay=0.0)  # every AdamW group, with its lr and betas
