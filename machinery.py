@@ -502,8 +502,8 @@ def device_name(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name()
     if device.type == "mps":
-        return "Apple GPU (MPS)"
-    return f"CPU ({torch.get_num_threads()} threads)"
+        return f"Apple GPU (MPS, {cpu_model()})"
+    return f"CPU {cpu_model()} ({torch.get_num_threads()} threads)"
 
 
 def bf16_is_native(device):
