@@ -118,7 +118,8 @@ def bounded_git(repo, args, timeout):
         return f"no answer in {timeout:g} s"
     if p.returncode != 0:
         lines = [l for l in err.decode(errors="replace").splitlines() if l.strip()]
-        return one_line(lines[-1] if lines else f"git exited with {p.returncode}", 200)
+        lines = [l for l in lines if l.startswith(("fatal:", "error:"))] or lines  # the cause, not the advice
+        return one_line(lines[0] if lines else f"git exited with {p.returncode}", 200)
     return None
 
 
@@ -297,30 +298,31 @@ def board(entries, judge, setup, device, recent=10):
             "other_judge": sum(e["judge"] != judge for e in experiments)}
 
 
+AGENT_LINES = 6
 OUTCOME = {"keep": "kept", "discard": "discarded", "crash": "crashed"}
 
 
 def format_board(b, limit=10):
     """The compact text an agent reads every loop: best per setup+device, each agent's progress
-    (the `limit` best agents), the last `limit` ideas tried by everyone, what is comparable."""
+    (the best few agents), the last `limit` ideas tried by everyone, what is comparable."""
     lines = [f"board: {len(b['experiments'])} experiments by {len(b['agents'])} agents"]
     for e in b["best"]:
         lines.append(f"  best {e['setup'] or '-'} on {e['device'] or '-'}: {e['val_bpb']:.6f} by {e['agent']} "
                      f"{e['commit'][:7]} {e['description'][:60]}")
     ranked = sorted(b["agents"].items(), key=lambda kv: (kv[1]["best"] is None, kv[1]["best"] or 0, kv[0]))
     lines.append("agents (first kept -> best kept, kept/tried):")
-    for tag, a in ranked[:limit]:
+    for tag, a in ranked[:AGENT_LINES]:
         moved = f"{a['first']:.4f} -> {a['best']:.4f}" if a["best"] is not None else "no kept result"
         lines.append(f"  {tag}: {moved}, {a['keeps']}/{a['experiments']} kept, {a['crashes']} crashed")
-    if len(ranked) > limit:
-        lines.append(f"  ... and {len(ranked) - limit} more agents (--json lists them all)")
+    if len(ranked) > AGENT_LINES:
+        lines.append(f"  ... and {len(ranked) - AGENT_LINES} more agents (--json lists them all)")
     lines.append(f"last {len(b['recent'])} ideas tried (don't repeat them):")
     for e in reversed(b["recent"]):
         lines.append(f"  {e['agent']} {e['commit'][:7]} {OUTCOME[e['status']]} {e['val_bpb']:.4f} "
                      f"{e['description'][:60]}" + ("" if e["comparable"] else " [not comparable]"))
     lines.append(f"comparable with yours (same judge, setup {b['setup'] or '-'}, device {b['device'] or '-'}): "
-                 f"{b['comparable']}; {b['other_judge']} judged by another judge, listed apart, never best")
-    lines.append("adopt one: git show <commit>:train.py > train.py, then Commit, Run as your own experiment")
+                 f"{b['comparable']}; {b['other_judge']} judged by another judge, listed apart, never best; "
+                 "adopt one with git show <commit>:train.py")
     return "\n".join(lines)
 
 
