@@ -180,11 +180,14 @@ def test_a_hung_ssh_is_cut_off_by_the_timeout(hub, monkeypatch, command):
     a = agent(hub, "a")
     log(a, experiment(a, "# 1\n"), 1.0)
     git(a, "remote", "set-url", "hub", "ssh://hub.invalid/srv/hub.git")
-    monkeypatch.setenv("GIT_SSH_COMMAND", "sleep 30;")  # the user's own ssh command, hanging
+    marker = f"sleep 29.{os.getpid()}"  # a unique command line, to see if the hung child is left behind
+    monkeypatch.setenv("GIT_SSH_COMMAND", marker + ";")  # the user's own ssh command, hanging
     t0 = time.monotonic()
     warning = record.push(a, timeout=1) if command == "push" else record.fetch(a, timeout=1)
     assert time.monotonic() - t0 < 5
     assert warning.startswith("warning: hub unreachable (no answer in 1 s)")
+    time.sleep(0.2)
+    assert marker not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert len(record.read_record(a)[0]) == 1
 
 
@@ -226,7 +229,7 @@ def test_hostile_entries_are_skipped_with_one_warning_and_never_best(hub):
     missing = good("evil", 0.4)
     del missing["status"]
     lines = [json.dumps(x).encode() for x in bad + [missing]]
-    lines += [b"\xff\xfe\x00junk\x01", b'{"val_bpb": NaN}', b"[" * 100_000, b'{"truncated": ']
+    lines += [b"\xff\xfe\x00junk\x01", b'{"val_bpb": NaN}', b"[" * 3000, b'{"truncated": ']
     lines.append(json.dumps(good("evil", 1.2, description="the one honest line")).encode())
     write_log(evil, "evil", b"\n".join(lines) + b"\n")
     write_log(evil, "huge", b"\n" * (record.MAX_LOG_BYTES + 1))
@@ -288,10 +291,13 @@ def test_best_is_per_setup_and_device_and_only_kept_results_count():
     assert b["comparable"] == 3
 
 
-def test_own_unpushed_log_beats_a_stale_hub_copy_and_others_take_the_longer_log(hub):
-    a, b = agent(hub, "a"), agent(hub, "b")
+def test_own_log_beats_the_hub_copy_and_others_take_the_longer_log(hub):
+    a, b, mallory = agent(hub, "a"), agent(hub, "b"), agent(hub, "mallory")
     log(a, experiment(a, "# 1\n"), 1.0)
     record.push(a)
+    fake = [json.dumps(good("a", 0.5, time=t)).encode() for t in range(3)]
+    write_log(mallory, "a", b"\n".join(fake))  # a longer log under a's name, forced onto the hub
+    git(mallory, "push", "--quiet", "--force", "hub", "refs/heads/autoresearch-log/a")
     log(b, experiment(b, "# b\n"), 1.1)
     record.push(b)
     log(a, experiment(a, "# 2\n"), 0.9)  # not pushed yet: the hub copy is stale
