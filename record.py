@@ -54,10 +54,10 @@ def judge_identity(repo="."):
     return " ".join(f"{f}:{found.get(f, '-')[:7]}" for f in JUDGED_FILES)
 
 
-def identity_env():
+def identity_env(repo):
     """os.environ, plus a fallback author when git has none, so recording never fails on config."""
     env = dict(os.environ)
-    if subprocess.run(["git", "var", "GIT_COMMITTER_IDENT"], capture_output=True).returncode != 0:
+    if subprocess.run(["git", "-C", repo, "var", "GIT_COMMITTER_IDENT"], capture_output=True).returncode != 0:
         for role in ("AUTHOR", "COMMITTER"):
             env.setdefault(f"GIT_{role}_NAME", "autoresearch agent")
             env.setdefault(f"GIT_{role}_EMAIL", "agent@localhost")
@@ -87,7 +87,7 @@ def record(repo, commit, val_bpb, memory_gb, status, description, setup="", devi
     entry = validate(entry, tag)  # what we write must pass the check every reader applies
     line = json.dumps(entry, ensure_ascii=False).encode() + b"\n"
     message = one_line(f"{tag}: {status} {entry['val_bpb']:.6f} {entry['description']}", 100)
-    ref, env = LOCAL + tag, identity_env()
+    ref, env = LOCAL + tag, identity_env(repo)
     for _ in range(50):  # compare-and-swap: another process may append between our read and write
         old = git(repo, "rev-parse", "--verify", "--quiet", ref, check=False).decode().strip()
         log = git(repo, "cat-file", "blob", f"{old}:log.jsonl") if old else b""

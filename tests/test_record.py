@@ -94,6 +94,11 @@ def test_discarded_commit_survives_gc_and_travels_to_another_clone(hub):
     assert git(a, "log", "-1", "--format=%B", tip).strip() == "a: discard 1.050000 double the lr"
     assert git(hub, "merge-base", "--is-ancestor", lost, "refs/heads/autoresearch/a", check=False) == ""
     assert git(hub, "rev-parse", "refs/heads/autoresearch/a") == base  # force-pushed after the rewind
+    assert git(a, "log", "-1", "--format=%an <%ae>", tip) == "autoresearch agent <agent@localhost>"
+    git(b, "config", "user.name", "Agent B")  # an identity in the clone's own config is used as is
+    git(b, "config", "user.email", "b@lab")
+    log(b, experiment(b, "# b\n"), 1.1)
+    assert git(b, "log", "-1", "--format=%an <%ae>", "autoresearch-log/b") == "Agent B <b@lab>"
 
 
 def test_recording_touches_neither_work_tree_nor_index_nor_head(hub):
