@@ -260,14 +260,6 @@ def staircase(rows, base):
     return xs, ys + ys[-1:]
 
 
-def new_chart():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(14, 7), dpi=120)
-    return plt, fig, ax
-
-
 def finish_chart(fig, ax, xlabel, png_path):
     ax.set_xlabel(xlabel, fontsize=12)
     ax.set_ylabel("validation bits per byte (lower is better)", fontsize=12)
@@ -281,51 +273,51 @@ def finish_chart(fig, ax, xlabel, png_path):
     fig.savefig(png_path, bbox_inches="tight")  # room for labels running past the right edge
 
 
-def chart_title(summary):
-    e = summary["experiments"]
-    n = sum(e.values())
-    setup = f" ({summary['setup']})" if summary["setup"] else ""
-    return (f"autoresearch{setup}: {n} experiment{'s' * (n != 1)}, {e['keep']} kept, "
-            f"{e['discard']} discarded, {e['crash']} crashed")
+def chart_title(summaries):
+    e = {s: sum(x["experiments"][s] for x in summaries) for s in STATUSES}
+    n, setups = sum(e.values()), {x["setup"] for x in summaries} - {None}
+    where = f" in {len(summaries)} logs" if len(summaries) > 1 else ""
+    return (f"autoresearch{' (' + ', '.join(sorted(setups)) + ')' if setups else ''}: {n} experiment"
+            f"{'s' * (n != 1)}{where}, {e['keep']} kept, {e['discard']} discarded, {e['crash']} crashed")
 
 
-def draw_empty(fig, ax, title, png_path):
-    ax.set_title(title, fontsize=15, loc="left")
-    ax.text(0.5, 0.5, "no completed runs yet", transform=ax.transAxes,
-            ha="center", va="center", fontsize=18, color="0.4")
-    ax.axis("off")
-    fig.savefig(png_path, bbox_inches="tight")
-
-
-def draw_misses(ax, rows, high):
-    """Discarded runs as faint grey dots (those above the range as markers on the top edge),
-    crashes as small red crosses along the bottom edge."""
+def draw_log(ax, rows, base, high, color, name=None):
+    """One log: discarded runs as faint dots (those above the range as markers on the top edge), kept
+    ones (and the baseline's) as dots, the running best from Decide's bar as a staircase. `name`:
+    one series of several, labelled only by its staircase."""
     from matplotlib.transforms import blended_transform_factory
-    edge = blended_transform_factory(ax.transData, ax.transAxes)  # x in data, y in axes units
-    disc = [r for r in rows if r["status"] == "discard"]
-    inside = [r for r in disc if r["val_bpb"] <= high]
-    above = [r for r in disc if r["val_bpb"] > high]
-    ax.scatter([r["index"] for r in inside], [r["val_bpb"] for r in inside], s=22,
-               color=GREY, alpha=0.45, linewidths=0, zorder=2, label="discarded")
-    if above:
-        ax.scatter([r["index"] for r in above], [0.985] * len(above), transform=edge, s=22,
-                   marker="^", color=GREY, alpha=0.45, linewidths=0, zorder=2, clip_on=False,
-                   label="discarded, off the chart")
-    crashes = [r for r in rows if r["status"] == "crash"]
-    if crashes:
-        ax.scatter([r["index"] for r in crashes], [0.015] * len(crashes), transform=edge,
-                   s=18, marker="x", color="#d73027", alpha=0.6, linewidths=1.0, zorder=2,
-                   label="crashed")
-
-
-def draw_best(ax, rows, base):
-    """The running best, from Decide's bar, with the baseline's noise as a band around it."""
+    one = name is None
+    faint = dict(color=GREY if one else color, alpha=0.45 if one else 0.25, linewidths=0, zorder=2, s=22)
+    disc = [r for r in rows if r["status"] == "discard" and r["index"] not in base["indices"]]
+    inside, above = [r for r in disc if r["val_bpb"] <= high], [r for r in disc if r["val_bpb"] > high]
+    ax.scatter([r["index"] for r in inside], [r["val_bpb"] for r in inside], label="discarded" if one else None, **faint)
+    if above:  # x in data, y in axes units
+        ax.scatter([r["index"] for r in above], [0.985] * len(above), marker="^", clip_on=False, **faint,
+                   transform=blended_transform_factory(ax.transData, ax.transAxes),
+                   label="discarded, off the chart" if one else None)
+    kept = [r for r in rows if r["status"] == "keep" or r["index"] in base["indices"]]
+    ax.scatter([r["index"] for r in kept], [r["val_bpb"] for r in kept], s=55, color=color,
+               edgecolors="white", linewidths=0.8, zorder=4, label="kept" if one else None)
     xs, ys = staircase(rows, base)
-    ax.step(xs, ys, where="post", color=GREEN, linewidth=2.0, alpha=0.85, zorder=3, label="best so far")
-    noise = base["noise"]
+    ax.step(xs, ys, where="post", color=color, linewidth=2.0, alpha=0.85, zorder=3, label=name or "best so far")
+    return xs, ys
+
+
+def draw_details(ax, rows, summary, xs, ys, low, high, png_path):
+    """What only a one-log chart shows: crashes, the noise band, Confirm's test_bpb, descriptions."""
+    from matplotlib.transforms import blended_transform_factory
+    crashes, noise = [r for r in rows if r["status"] == "crash"], summary["baseline"]["noise"]
+    if crashes:
+        ax.scatter([r["index"] for r in crashes], [0.015] * len(crashes), s=18, marker="x", color="#d73027",
+                   transform=blended_transform_factory(ax.transData, ax.transAxes), alpha=0.6, linewidths=1.0,
+                   zorder=2, label="crashed")
     if noise is not None:
         ax.fill_between(xs, [y - noise for y in ys], [y + noise for y in ys], step="post", color=GREEN,
                         alpha=0.12, linewidth=0, zorder=1, label=f"± the baseline's noise ({noise:.4f})")
+    confirmed = read_json(confirmation_path(png_path))
+    if confirmed:
+        low, high = draw_confirmation(ax, confirmed, low, high)
+    draw_labels(ax, rows, summary, low, high)
 
 
 def draw_confirmation(ax, confirmed, low, high):
@@ -342,14 +334,11 @@ def draw_confirmation(ax, confirmed, low, high):
     return low, high
 
 
-def draw_kept(ax, rows, summary, low, high):
-    """Kept runs as green dots, labelled with their descriptions (on a crowded chart only the
-    baseline's and the biggest gains)."""
+def draw_labels(ax, rows, summary, low, high):
+    """The kept runs' descriptions (on a crowded chart only the baseline's and the biggest gains)."""
     from matplotlib.patheffects import withStroke
     base = summary["baseline"]
     kept = [r for r in rows if r["status"] == "keep" or r["index"] in base["indices"]]
-    ax.scatter([r["index"] for r in kept], [r["val_bpb"] for r in kept], s=55, color=GREEN,
-               edgecolors="white", linewidths=0.8, zorder=4, label="kept")
     if len(kept) > MAX_LABELS:
         wanted = set(base["indices"]) | {r["index"] for r in summary["ranked"][: MAX_LABELS - 2]}
         kept = [r for r in kept if r["index"] in wanted]
@@ -361,33 +350,45 @@ def draw_kept(ax, rows, summary, low, high):
                         annotation_clip=True, path_effects=[withStroke(linewidth=3, foreground="white")])
 
 
-def plot(rows, summary, png_path):
-    plt, fig, ax = new_chart()
+def subtitle(summary):
     base, best, imp = summary["baseline"], summary["best"], summary["improvement"]
-    if base is None:
-        draw_empty(fig, ax, chart_title(summary), png_path)
-        plt.close(fig)
-        return
-    low, high = y_limits(rows, base["val_bpb"])
-    n = rows[-1]["index"]
+    text = (f"val_bpb {base['val_bpb']:.4f} (the baseline) → {best['val_bpb']:.4f}  (−{imp['absolute']:.4f}, "
+            f"{imp['relative']:.2%} better)" if imp["absolute"] > 0
+            else f"val_bpb {base['val_bpb']:.4f} (the baseline), no improvement on it yet")
+    return text + ("; smoke: these numbers only prove that the loop runs" if summary["setup"] == "smoke" else "")
+
+
+def plot(logs, png_path):
+    """progress.png for [(path, rows, summary)], a series per log; one log also gets its details."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(14, 7), dpi=120)
+    ax.set_title(chart_title([s for _, _, s in logs]), fontsize=15, loc="left", pad=24)
+    drawn = [(p, r, s) for p, r, s in logs if s["baseline"]]
+    if not drawn:
+        ax.text(0.5, 0.5, "no completed runs yet", transform=ax.transAxes, ha="center", va="center",
+                fontsize=18, color="0.4")
+        ax.axis("off")
+        fig.savefig(png_path, bbox_inches="tight")
+        return plt.close(fig)
+    vals = [r for _, rows, _ in drawn for r in rows if r["status"] != "crash"]
+    low, high = y_limits(vals, max(s["baseline"]["val_bpb"] for _, _, s in drawn))
+    n = max(rows[-1]["index"] for _, rows, _ in drawn)
     ax.set_xlim(0.3, n + 0.7 + 0.02 * n)
     ax.set_ylim(low, high)
-    draw_misses(ax, rows, high)
-    draw_best(ax, rows, base)
-    confirmed = read_json(confirmation_path(png_path))
-    if confirmed:
-        low, high = draw_confirmation(ax, confirmed, low, high)
-    draw_kept(ax, rows, summary, low, high)
-    ax.set_title(chart_title(summary), fontsize=15, loc="left", pad=24)
-    if imp["absolute"] > 0:
-        subtitle = (f"val_bpb {base['val_bpb']:.4f} (the baseline) → {best['val_bpb']:.4f}  "
-                    f"(−{imp['absolute']:.4f}, {imp['relative']:.2%} better)")
-    else:
-        subtitle = f"val_bpb {base['val_bpb']:.4f} (the baseline), no improvement on it yet"
-    if summary["setup"] == "smoke":
-        subtitle += "; smoke: these numbers only prove that the loop runs"
-    ax.text(0, 1.015, subtitle, transform=ax.transAxes, fontsize=11, color="0.3", va="bottom")
-    finish_chart(fig, ax, "experiment #", png_path)
+    colors = plt.get_cmap("tab10").colors
+    for i, (path, rows, summary) in enumerate(logs):
+        name = os.path.basename(os.path.dirname(os.path.abspath(path))) or path
+        base, color = summary["baseline"], GREEN if len(logs) == 1 else colors[i % len(colors)]
+        if base is None:
+            ax.plot([], [], color=color, label=f"{name}: no completed run")
+        elif len(logs) > 1:
+            draw_log(ax, rows, base, high, color, f"{name}: {base['val_bpb']:.4f} → {summary['best']['val_bpb']:.4f}")
+        else:
+            draw_details(ax, rows, summary, *draw_log(ax, rows, base, high, color), low, high, png_path)
+            ax.text(0, 1.015, subtitle(summary), transform=ax.transAxes, fontsize=11, color="0.3", va="bottom")
+    finish_chart(fig, ax, "experiment #" + (" (per log)" if len(logs) > 1 else ""), png_path)
     plt.close(fig)
 
 
@@ -425,9 +426,8 @@ def read_run(path="run.log"):
     commit = re.search(r"^commit: ([0-9a-f]{7,40})\s*$", text, re.M)
     run["commit"] = commit and commit.group(1)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    run["timeout"] = next((l for l in lines if l.startswith("TIMEOUT")), None)
-    run["killed"] = next((l for l in lines if l.startswith("KILLED")), None)
-    run["fail"] = next((l for l in lines if l.startswith("FAIL")), None)
+    for key in ("timeout", "killed", "fail"):  # the Run line's and train.py's own verdicts
+        run[key] = next((l for l in lines if l.startswith(key.upper())), None)
     run["ended"] = any(l.startswith("run ended") for l in lines)
     run["traceback"] = "Traceback (most recent call last)" in text
     run["oom"] = "out of memory" in text.lower()
@@ -636,11 +636,10 @@ def cmd_log(log, status, description):
         return error(f"status {status!r} is not keep, discard or crash")
     description = " ".join(description.replace("\t", " ").split()) or "(no description)"
     rows, run, head, state, changed = loop_inputs(log)
-    if run is None:
-        return error("there is no run.log to log: Run first")
-    if run["sha"] in state.get("logged", []):
-        return error("this run.log is already logged in results.tsv: go on with the loop")
     d = decide(rows, run, head, state, changed)
+    if d["step"] in ("no run", "logged"):
+        return error("there is no run.log to log: Run first" if run is None else
+                     "this run.log is already logged in results.tsv: go on with the loop")
     if crashed(run) or status == "crash":
         if status != "crash":
             print(f"note: run.log has no val_bpb ({d['why'] or 'crash'}): logged as crash, not {status}")
@@ -674,43 +673,13 @@ def default_logs():
     return (["results.tsv"] if os.path.exists("results.tsv") or not found else []) + found
 
 
-def plot_many(logs, png_path):
-    plt, fig, ax = new_chart()
-    colors = plt.get_cmap("tab10").colors
-    vals = []
-    for i, (path, rows, summary) in enumerate(logs):
-        color, name, base = colors[i % len(colors)], os.path.basename(os.path.dirname(os.path.abspath(path))) or path, summary["baseline"]
-        if base is None:
-            ax.plot([], [], color=color, label=f"{name}: no completed run")
-            continue
-        disc = [r for r in rows if r["status"] == "discard"]
-        ax.scatter([r["index"] for r in disc], [r["val_bpb"] for r in disc], s=16, color=color,
-                   alpha=0.25, linewidths=0, zorder=2)
-        good = [r for r in rows if r["status"] == "keep"]
-        ax.scatter([r["index"] for r in good], [r["val_bpb"] for r in good], s=40, color=color,
-                   edgecolors="white", linewidths=0.8, zorder=4)
-        ax.step(*staircase(rows, base), where="post", color=color, linewidth=2.0, zorder=3,
-                label=f"{name}: {base['val_bpb']:.4f} → {summary['best']['val_bpb']:.4f}")
-        vals += [r for r in rows if r["status"] != "crash"]
-    if vals:
-        ax.set_ylim(*y_limits(vals, max(s["baseline"]["val_bpb"] for _, _, s in logs if s["baseline"])))
-    runs = sum(sum(s["experiments"].values()) for _, _, s in logs)
-    kept = sum(s["experiments"]["keep"] for _, _, s in logs)
-    ax.set_title(f"autoresearch: {len(logs)} logs, {runs} experiments, {kept} kept", fontsize=15, loc="left")
-    finish_chart(fig, ax, "experiment # (per log)", png_path)
-    plt.close(fig)
-
-
 def report(logs, args):
     """The summary of one log, or of several (one per GPU) with an overall line; and the chart."""
     logs = [(path, rows, summarize(rows, night_setup(path)), skipped) for path, rows, skipped in logs]
-    png = None
-    if not args.no_png and len(logs) == 1:
-        png = os.path.join(os.path.dirname(os.path.abspath(logs[0][0])), "progress.png")
-        plot(logs[0][1], logs[0][2], png)
-    elif not args.no_png:
-        png = os.path.abspath("progress.png")
-        plot_many([(p, r, s) for p, r, s, _ in logs], png)
+    png = None  # beside the log; for several, in the current folder
+    if not args.no_png:
+        png = os.path.abspath(os.path.join(os.path.dirname(logs[0][0]) if len(logs) == 1 else "", "progress.png"))
+        plot([(p, r, s) for p, r, s, _ in logs], png)
     each = [{**s, "log": p, "png": png, "skipped_lines": k} for p, _, s, k in logs]
     counts = {s: sum(x["counts"][s] for x in each) for s in STATUSES}
     best = min((x for x in each if x["best"]), key=lambda x: x["best"]["val_bpb"], default=None)
@@ -766,10 +735,9 @@ def confirmation_verdict(runs, night_noise):
     """The numbers and the verdict: the test gain against the spread of the repeats (or the
     night's noise, if larger); crashed runs are reported, never averaged in."""
     ok = {side: [r for r in rs if r["figures"]] for side, rs in runs.items()}
-    out = {"test_bpb": {}, "val_bpb": {}, "test_gain": None, "val_gain": None, "spread": None}
-    for side in runs:
-        for key in ("test_bpb", "val_bpb"):
-            out[key][side] = statistics.mean(r["figures"][key] for r in ok[side]) if ok[side] else None
+    out = {key: {side: statistics.mean(r["figures"][key] for r in ok[side]) if ok[side] else None for side in runs}
+           for key in ("test_bpb", "val_bpb")}
+    out.update(test_gain=None, val_gain=None, spread=None)
     if not ok["baseline"] or not ok["best"]:
         out["verdict"] = "cannot confirm: every run of the " + ("baseline" if not ok["baseline"] else "best commit") + " crashed"
         out["line"] = f"confirm: {out['verdict']}"
