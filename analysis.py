@@ -147,7 +147,7 @@ def baseline_of(rows):
             "noise": max(abs(vals[0] - vals[1]), NOISE_FLOOR) if len(vals) == 2 else None,
             "commits": [r["commit"] for r in done], "indices": [r.get("index") for r in done],
             "commit": done[-1]["commit"], "index": done[-1].get("index"),
-            "description": f"the baseline (mean of {len(done)} run{'s' * (len(done) > 1)})"}
+            "description": "the baseline (mean of 2 runs)" if len(done) == 2 else "the baseline (1 run so far)"}
 
 
 def bar_lowerings(rows, bar):
@@ -204,9 +204,9 @@ def shorten(text, width):
 
 def format_text(summary, path):
     e, total = summary["experiments"], summary["total"]
-    setup = f" (setup {summary['setup']})" if summary["setup"] else ""
-    out = [f"{path}{setup}: {total} run{'s' * (total != 1)}: the baseline's {total - sum(e.values())}, then "
-           f"{sum(e.values())} experiments: {e['keep']} kept, {e['discard']} discarded, {e['crash']} crashed "
+    n, setup = sum(e.values()), f" (setup {summary['setup']})" if summary["setup"] else ""
+    out = [f"{path}{setup}: {total} run{'s' * (total != 1)}: the baseline's {total - n}, then {n} experiment"
+           f"{'s' * (n != 1)}: {e['keep']} kept, {e['discard']} discarded, {e['crash']} crashed "
            f"(keep rate {summary['keep_rate']:.0%})"]
     if summary["setup"] == "smoke":
         out.append("smoke is an install check: these numbers only prove that the loop runs")
