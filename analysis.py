@@ -314,24 +314,16 @@ def draw_details(ax, rows, summary, xs, ys, low, high, png_path):
     if noise is not None:
         ax.fill_between(xs, [y - noise for y in ys], [y + noise for y in ys], step="post", color=GREEN,
                         alpha=0.12, linewidth=0, zorder=1, label=f"± the baseline's noise ({noise:.4f})")
-    confirmed = read_json(confirmation_path(png_path))
-    if confirmed:
-        low, high = draw_confirmation(ax, confirmed, low, high)
-    draw_labels(ax, rows, summary, low, high)
-
-
-def draw_confirmation(ax, confirmed, low, high):
-    """The test split's verdict beside the val_bpb it was meant to confirm; widens the range to fit."""
-    marks = [confirmed[side] for side in ("baseline", "best") if confirmed[side]["test_bpb"] is not None]
-    if marks:
+    confirmed = read_json(confirmation_path(png_path)) or {}  # Confirm's test_bpb beside the val_bpb it confirms
+    marks = [confirmed[side] for side in ("baseline", "best") if (confirmed.get(side) or {}).get("test_bpb")]
+    if marks:  # widen the range to fit them
         pad = 0.04 * (high - low)
-        low = min(low, min(m["test_bpb"] for m in marks) - pad)
-        high = max(high, max(m["test_bpb"] for m in marks) + pad)
+        low, high = min([low] + [m["test_bpb"] - pad for m in marks]), max([high] + [m["test_bpb"] + pad for m in marks])
         ax.set_ylim(low, high)
     for i, m in enumerate(marks):
         ax.scatter([m["index"]], [m["test_bpb"]], s=70, marker="D", color="#4575b4", edgecolors="white",
                    zorder=5, label=None if i else "test_bpb (--confirm)")
-    return low, high
+    draw_labels(ax, rows, summary, low, high)
 
 
 def draw_labels(ax, rows, summary, low, high):
@@ -547,9 +539,8 @@ def decide(rows, run, head, state, changed=None):
 
 def judge_baseline(done, run, state):
     """A baseline run: always kept; the second sets the bar (the mean of both) and the noise."""
-    if not done:
-        state["baseline_runs"] = {}  # a fresh baseline: forget the pace of any earlier one
-    state.setdefault("baseline_runs", {})[run["sha"]] = [run["num_steps"], run["mfu_percent"]]
+    pace = {run["sha"]: [run["num_steps"], run["mfu_percent"]]}  # a first run forgets any earlier baseline's
+    state["baseline_runs"] = {**state.get("baseline_runs", {}), **pace} if done else pace
     if not done:
         return {"decision": "keep", "why": "baseline, run 1 of 2", "step": "baseline 1"}
     base = baseline_of(done + [{"status": "keep", "val_bpb": run["val_bpb"], "commit": None}])
@@ -615,8 +606,7 @@ def show_decision(d, run):
     if d["gain"] is not None:
         print(f"gain:     {d['gain']:+.6f} (best - this run; above the noise keeps)")
     if d["decision"]:
-        print(f"decision: {d['decision']}")
-        print(f"why:      {d['why']}")
+        print(f"decision: {d['decision']}\nwhy:      {d['why']}")
     print(f"next:     {NEXT[d['step']]}")
 
 
@@ -796,8 +786,7 @@ def cmd_confirm(log, n_runs, as_json):
     logs = read_logs([log])
     if logs is None:
         return 1
-    rows = logs[0][1]
-    summary = summarize(rows)
+    summary = summarize(logs[0][1])
     base, best = summary["baseline"], summary["best"]
     if base is None or best["commit"] == base["commit"]:
         return error(f"nothing to confirm: {log} has no kept commit better than the baseline")
@@ -838,10 +827,8 @@ def main(argv=None):
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     ap.add_argument("--no-png", action="store_true", help="don't write progress.png")
     ap.add_argument("--decide", action="store_true", help="program.md's Decide: judge run.log")
-    ap.add_argument("--log", metavar="STATUS", help="program.md's Log: append run.log's row, "
-                    "the description read from stdin")
-    ap.add_argument("--confirm", action="store_true", help="retrain the baseline and the best kept commit "
-                    "and score both on the test split")
+    ap.add_argument("--log", metavar="STATUS", help="program.md's Log: append run.log's row (description on stdin)")
+    ap.add_argument("--confirm", action="store_true", help="retrain the baseline and the best, score the test split")
     ap.add_argument("--runs", type=int, default=2, help="--confirm: runs of each commit (default 2)")
     args = ap.parse_args(argv)
     log = args.logs[0] if args.logs else "results.tsv"
@@ -852,9 +839,7 @@ def main(argv=None):
     if args.decide:
         return cmd_decide(log)
     logs = read_logs(args.logs or default_logs())
-    if logs is None:
-        return 1
-    return report(logs, args)
+    return 1 if logs is None else report(logs, args)
 
 
 if __name__ == "__main__":
