@@ -25,6 +25,12 @@ ROWS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def no_recorded_setup(tmp_path_factory, monkeypatch):
+    """The summary names the setup from the cache's setup.json: point it at an empty cache."""
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path_factory.mktemp("empty-cache")))
+
+
 def write_log(tmp_path, rows=ROWS, extra=""):
     path = tmp_path / "results.tsv"
     body = "".join(f"{c}\t{v:.6f}\t{m:.1f}\t{s}\t{d}\n" for c, v, m, s, d in rows)
@@ -50,26 +56,29 @@ def test_summary_numbers(tmp_path):
     s = analysis.summarize(rows)
     assert s["total"] == 8
     assert s["counts"] == {"keep": 4, "discard": 3, "crash": 1}
+    assert s["experiments"] == {"keep": 3, "discard": 2, "crash": 1}  # rows 1-2 are the baseline's
     assert s["keep_rate"] == pytest.approx(0.5)
-    assert s["baseline"]["val_bpb"] == 1.0 and s["baseline"]["index"] == 1
+    # Decide's baseline: the mean of the first two runs that did not crash (a keep and a discard here)
+    assert s["baseline"]["val_bpb"] == pytest.approx(1.00025) and s["baseline"]["indices"] == [1, 2]
+    assert s["baseline"]["noise"] == pytest.approx(0.0005) and s["baseline"]["commits"] == ["aaaaaaa"] * 2
     assert s["best"]["commit"] == "fffffff" and s["best"]["index"] == 7
-    assert s["improvement"]["absolute"] == pytest.approx(0.045)
-    assert s["improvement"]["relative"] == pytest.approx(0.045)
+    assert s["improvement"]["absolute"] == pytest.approx(0.04525)
+    assert s["improvement"]["relative"] == pytest.approx(0.04525 / 1.00025)
 
 
 def test_ranking_by_gain_over_previous_kept(tmp_path):
     rows, _ = analysis.read_log(write_log(tmp_path))
     ranked = analysis.summarize(rows)["ranked"]
     assert [r["commit"] for r in ranked] == ["eeeeeee", "bbbbbbb", "fffffff"]
-    assert [round(r["gain"], 6) for r in ranked] == [0.03, 0.01, 0.005]
+    assert [round(r["gain"], 6) for r in ranked] == [0.03, 0.01025, 0.005]  # the first from the baseline's mean
 
 
 def test_text_output(tmp_path, capsys):
     assert run(write_log(tmp_path)) == 0
     out = capsys.readouterr().out
-    assert "8 experiments: 4 kept, 3 discarded, 1 crashed (keep rate 50%)" in out
-    assert "baseline  1.000000" in out and "best      0.955000" in out
-    assert "4.50%" in out
+    assert "8 runs: the baseline's 2, then 6 experiments: 3 kept, 2 discarded, 1 crashed (keep rate 50%)" in out
+    assert "baseline  1.000250" in out and "best      0.955000" in out
+    assert "4.52%" in out
     lines = out.splitlines()
     first = next(i for i, line in enumerate(lines) if "deeper model" in line)
     assert "+0.030000" in lines[first] and "raise matrix lr" in lines[first + 1]
@@ -81,9 +90,10 @@ def test_json_output(tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)  # stdout is pure JSON
     assert data["counts"] == {"keep": 4, "discard": 3, "crash": 1}
     assert data["total"] == 8 and data["keep_rate"] == 0.5
-    assert data["baseline"]["val_bpb"] == 1.0
+    assert data["baseline"]["val_bpb"] == pytest.approx(1.00025)
+    assert data["baseline"]["commits"] == ["aaaaaaa", "aaaaaaa"] and data["baseline"]["noise"] == pytest.approx(0.0005)
     assert data["best"]["val_bpb"] == 0.955
-    assert data["improvement"]["absolute"] == pytest.approx(0.045)
+    assert data["improvement"]["absolute"] == pytest.approx(0.04525)
     assert [r["commit"] for r in data["ranked"]] == ["eeeeeee", "bbbbbbb", "fffffff"]
     assert data["skipped_lines"] == []
     assert data["png"] == str(tmp_path / "progress.png")
@@ -181,15 +191,15 @@ def test_several_logs_one_summary_and_one_chart(tmp_path, monkeypatch, capsys):
 
     assert analysis.main(["worktrees/gpu0/results.tsv", "worktrees/gpu1/results.tsv", "--no-png"]) == 0
     out = capsys.readouterr().out
-    assert out.count("8 experiments: 4 kept") == 2
-    assert "overall: 16 experiments in 2 logs, 8 kept; best 0.935000 in worktrees/gpu1/results.tsv" in out
+    assert out.count("8 runs: the baseline's 2, then 6 experiments: 3 kept") == 2
+    assert "overall: 12 experiments in 2 logs, 6 kept; best 0.935000 in worktrees/gpu1/results.tsv" in out
 
 
 def test_one_log_found_by_default(tmp_path, monkeypatch, capsys):
     write_log(tmp_path)
     monkeypatch.chdir(tmp_path)
     assert analysis.main(["--no-png"]) == 0
-    assert "results.tsv: 8 experiments" in capsys.readouterr().out
+    assert "results.tsv: 8 runs" in capsys.readouterr().out
 
 
 def test_decide_rule_edges():
@@ -215,3 +225,88 @@ def test_decide_rule_edges():
     assert analysis.decide(base, run(1.0), "bbbbbbb", {}, changed=(1, 3))["decision"] == "keep"  # simpler
     assert analysis.decide(base, run(1.0), "bbbbbbb", {}, changed=(3, 1))["decision"] == "discard"
     assert analysis.decide(base, run(None), "bbbbbbb", {})["decision"] == "crash"
+
+
+# The baseline's two runs differ, and a kept run beats their mean but not the first run alone:
+# a summary measuring from the first run would see no improvement at all.
+TWO_BASELINES = [
+    ("aaaaaaa", 0.000000, 0.0, "crash", "baseline (out of memory)"),
+    ("bbbbbbb", 1.000000, 44.0, "keep", "baseline"),
+    ("bbbbbbb", 1.020000, 44.0, "keep", "baseline run 2"),
+    ("ccccccc", 1.005000, 44.0, "keep", "tweak"),
+    ("ddddddd", 1.030000, 44.0, "discard", "worse"),
+]
+
+
+def test_summary_json_chart_and_decide_share_decides_baseline(tmp_path, capsys):
+    path = write_log(tmp_path, TWO_BASELINES)
+    rows, _ = analysis.read_log(path)
+    decided = analysis.decide(rows, {"sha": "x", "val_bpb": 1.0, "num_steps": None, "mfu_percent": None,
+                                     "timeout": None, "killed": None, "fail": None, "ended": True,
+                                     "traceback": False, "oom": False, "error": ""}, "eeeeeee", {})
+    assert decided["best"] == pytest.approx(1.005) and decided["noise"] == pytest.approx(0.02)
+    summary = analysis.summarize(rows)
+    base = summary["baseline"]
+    assert base["val_bpb"] == pytest.approx(1.01) and base["noise"] == decided["noise"]
+    assert base["commits"] == ["bbbbbbb", "bbbbbbb"] and base["commit"] == "bbbbbbb"  # what Confirm retrains
+    assert summary["best"]["val_bpb"] == decided["best"] and summary["best"]["commit"] == "ccccccc"
+    assert summary["improvement"]["absolute"] == pytest.approx(0.005)
+    xs, ys = analysis.staircase(rows, base)  # the chart's running best starts at Decide's bar
+    assert xs[:2] == [2, 4] and ys == pytest.approx([1.01, 1.005, 1.005])
+    assert run(path, "--json", "--no-png") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["baseline"]["val_bpb"] == pytest.approx(1.01) and data["baseline"]["noise"] == pytest.approx(0.02)
+    assert data["best"]["commit"] == "ccccccc" and data["improvement"]["absolute"] == pytest.approx(0.005)
+    assert run(path, "--no-png") == 0
+    out = capsys.readouterr().out
+    assert "baseline  1.010000" in out and "best      1.005000" in out and "improved  0.005000" in out
+
+
+def test_keep_rate_counts_experiments_not_the_baselines_runs(tmp_path, capsys):
+    rows = [("aaaaaaa", 1.0, 44.0, "keep", "baseline"), ("aaaaaaa", 1.001, 44.0, "keep", "baseline run 2"),
+            ("bbbbbbb", 0.99, 44.0, "keep", "better"), ("ccccccc", 0.995, 44.0, "discard", "worse")]
+    assert run(write_log(tmp_path, rows), "--json", "--no-png") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["keep_rate"] == 0.5 and data["experiments"] == {"keep": 1, "discard": 1, "crash": 0}
+    assert data["counts"] == {"keep": 3, "discard": 1, "crash": 0}  # every row, as before
+    assert [r["commit"] for r in data["ranked"]] == ["bbbbbbb"]  # "baseline run 2" is no kept experiment
+
+
+def test_summary_names_the_setup_and_smoke_proves_only_the_loop(tmp_path, monkeypatch, capsys):
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "setup.json").write_text('{"setup": "smoke", "source": "x", "constants": {}}')
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
+    path = write_log(tmp_path)
+    assert run(path, "--no-png") == 0
+    out = capsys.readouterr().out
+    assert "results.tsv (setup smoke): 8 runs" in out and "only prove that the loop runs" in out
+    (tmp_path / "run.log").write_text("commit: abcdef1\nSetup: full (sequence length 2048)\n")
+    assert run(path, "--no-png") == 0  # run.log beside the log says which setup the night ran
+    out = capsys.readouterr().out
+    assert "(setup full)" in out and "only prove" not in out
+
+
+@pytest.mark.parametrize("interruption", ["mid-write", "before the rename"])
+def test_an_interrupted_state_write_keeps_the_pending_rerun(tmp_path, monkeypatch, interruption):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    monkeypatch.chdir(tmp_path)
+    pending = {"commit": "bbbbbbb", "val_bpb": 0.9996, "sha": "x"}
+    analysis.save_state({"pending": pending})
+    if interruption == "mid-write":  # json cannot encode the new state halfway through: as a crash there
+        new_state = {"pending": pending, "logged": ["y"], "later": object()}
+    else:
+        new_state = {"logged": ["y"]}
+        monkeypatch.setattr(analysis.os, "replace", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises((TypeError, KeyboardInterrupt)):
+        analysis.save_state(new_state)
+    assert analysis.load_state() == {"pending": pending}  # the previous state, whole
+    assert sorted(p.name for p in (tmp_path / ".git").iterdir() if "state" in p.name) == [analysis.STATE]
+
+
+def test_run_log_names_its_commit(tmp_path):
+    (tmp_path / "run.log").write_text("commit: 1a2b3c4\nSetup: smoke\nval_bpb:          2.000000\n\nrun ended: exit 0\n")
+    run_ = analysis.read_run(str(tmp_path / "run.log"))
+    assert run_["commit"] == "1a2b3c4" and run_["val_bpb"] == 2.0
+    (tmp_path / "run.log").write_text("Traceback (most recent call last):\nValueError: bad\nrun ended: exit 1\n")
+    run_ = analysis.read_run(str(tmp_path / "run.log"))
+    assert run_["commit"] is None and run_["error"] == "ValueError: bad"

@@ -99,6 +99,15 @@ def fake_agent(tmp_path):
     return make_repo(tmp_path / "repo", str(tmp_path / "no-cache"))
 
 
+BACKGROUND = "**Run in the background**: the same line with `nohup ` before it and ` &` after it"
+
+
+def run_in_background(agent):
+    """program.md's Run in the background: the Run line with `nohup ` before it and ` &` after it."""
+    subprocess.run("nohup " + agent.command("Run") + " &", shell=True, executable="/bin/bash", cwd=agent.repo,
+                   env=agent.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+
+
 def results(repo):
     lines = (repo / "results.tsv").read_text().splitlines()
     return lines[0], [line.split("\t") for line in lines[1:]]
@@ -134,12 +143,13 @@ def fake_run(repo, v=None, steps=100, mfu=40.0, tail="", end=0):
 def test_program_md_names_every_command_the_loop_needs():
     blocks = program_blocks()
     for label in ["Create the branch", "Check the data exists", "Make sure git can commit", "Start the log",
-                  "Keep the machine awake", "Run", "Run in the background", "Poll", "Read the traceback",
+                  "Keep the machine awake", "Run", "Poll", "Read the traceback",
                   "Decide", "Log", "Commit", "Check the judge", "Discard", "Amend", "Where am I"]:
         assert label in blocks, f"program.md has no ```bash block labelled **{label}**"
-    # each command once: the perl runner only in Run and its background form
+    # each command once: the perl runner only in Run; its background form is the same line, said in words
     text = open(os.path.join(ROOT, "program.md")).read()
-    assert text.count("perl -e") == 2 and text.count("--decide") == 2
+    assert text.count("perl -e") == 1 and text.count("--decide") == 2
+    assert BACKGROUND in " ".join(text.split())
     assert "5-minute" not in text and "70 experiments" not in text
     assert len(text.split()) < 1700
 
@@ -175,8 +185,10 @@ def test_following_program_md_keeps_only_improvements(agent):
         ran = agent("Run")
         assert ran.returncode == 0, (repo / "run.log").read_text()[-3000:]
         assert re.search(r"^run ended: exit 0$", (repo / "run.log").read_text(), re.M)
+        assert (repo / "run.log").read_text().startswith(f"commit: {initial}\n")  # run.log names its commit
         out = agent("Decide")
         assert decision(out) == "keep" and f"run {n} of 2" in out.stdout, out.stdout
+        assert f"(ran commit {initial})" in out.stdout
         assert agent("Log", status="keep", description=description).returncode == 0
     _, rows = results(repo)
     b1, b2 = float(rows[1][1]), float(rows[2][1])
@@ -252,7 +264,7 @@ def test_following_program_md_keeps_only_improvements(agent):
 
     # 7. the background form returns at once; Poll reports the end
     started = time.time()
-    agent("Run in the background")
+    run_in_background(agent)
     assert time.time() - started < 10
     polled = agent("Poll")
     assert polled.returncode == 0
@@ -275,6 +287,7 @@ def test_following_program_md_keeps_only_improvements(agent):
     # Resume: where am I, in one command
     where = agent("Where am I")
     assert "autoresearch/e2e" in where.stdout and "next:" in where.stdout
+    assert f"ran commit {kept}" in where.stdout  # the background run ran the last kept commit
 
     # the morning review
     review = subprocess.run([sys.executable, "analysis.py", "results.tsv", "--json"], cwd=repo,
@@ -306,7 +319,8 @@ def test_decide_and_log_follow_the_rule(fake_agent):
         assert agent("Commit", description=description).returncode == 0
 
     # equal baselines: the noise floor; the best is their mean
-    assert decision(decide(2.0)) == "keep"
+    out = decide(2.0)
+    assert decision(out) == "keep" and "is HEAD: run.log does not name its commit" in out.stdout
     log("keep", "baseline")
     out = decide(2.0)
     assert decision(out) == "keep" and field(out, "noise") == 0.0005
@@ -388,3 +402,22 @@ def test_two_worktrees_on_one_cache(tmp_path, smoke_cache):
     assert [x["log"] for x in summary["logs"]] == ["worktrees/gpu0/results.tsv", "worktrees/gpu1/results.tsv"]
     assert summary["counts"] == {"keep": 2, "discard": 0, "crash": 0}
     assert (repo / "progress.png").exists()
+
+
+def test_run_log_names_the_commit_it_ran(fake_agent):
+    """Run's first line names the commit; Decide and Log use it, not HEAD, which may have moved on."""
+    agent, repo = fake_agent, fake_agent.repo
+    for label in ("Create the branch", "Make sure git can commit", "Start the log"):
+        assert agent(label, tag="label").returncode == 0
+    ran = git(repo, "rev-parse", "--short=7", "HEAD").strip()
+    (repo / "fake_train.sh").write_text("printf 'val_bpb:          2.000000\\nnum_steps:        100\\n'\n")
+    command = agent.command("Run").replace("uv run train.py", "sh fake_train.sh")
+    assert subprocess.run(command, shell=True, executable="/bin/bash", cwd=repo, env=agent.env).returncode == 0
+    assert (repo / "run.log").read_text().startswith(f"commit: {ran}\n")
+    (repo / "train.py").write_text((repo / "train.py").read_text() + "\n# the next idea\n")
+    assert agent("Commit", description="the next idea").returncode == 0
+    head = git(repo, "rev-parse", "--short=7", "HEAD").strip()
+    out = agent("Decide")
+    assert f"(ran commit {ran})" in out.stdout and head not in out.stdout, out.stdout
+    assert agent("Log", status="keep", description="baseline").returncode == 0
+    assert results(repo)[1][-1][0] == ran
