@@ -17,7 +17,7 @@ import pytest
 
 from conftest import ROOT
 
-PROJECT_FILES = ["prepare.py", "train.py", "program.md", "analysis.py", "README.md", "pyproject.toml",
+PROJECT_FILES = ["prepare.py", "machinery.py", "record.py", "train.py", "program.md", "analysis.py", "README.md", "pyproject.toml",
                  "uv.lock", ".python-version", ".gitignore"]
 
 # The 5-second smoke run is noisy, so the repository starts from a handicapped train.py (learning
