@@ -5,6 +5,7 @@
     uv run analysis.py --decide
     uv run analysis.py --log keep|discard|crash  < description
     uv run analysis.py --confirm [--runs N] [--json] [results.tsv]
+    uv run analysis.py --board [--json] [--diff]
 
 The log is tab-separated, `commit val_bpb memory_gb status description`, status keep, discard or
 crash (crashes carry val_bpb 0.000000 and memory_gb 0.0). Everything is measured against one
@@ -20,6 +21,11 @@ trained N times each (default 2), alternating, in temporary git worktrees, and t
 judge also scores the test split the loop never sees. It prints `confirm: baseline test_bpb A,
 best test_bpb B, gain G (val gain V); <verdict>`, writes confirm.json beside the log (the chart
 shows it), and never touches HEAD, the work tree or the log.
+
+The research record (record.py): Log also records every experiment in git, on the agent's own log
+ref, and pushes it to a remote named `hub` when there is one; Board reads every agent's record
+(the hub fetched first) and prints the best per setup and device, each agent's progress and the
+ideas tried lately. With no log named, the morning summary covers every agent in the record.
 """
 
 import argparse
@@ -37,6 +43,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import record
 
 HEADER = ["commit", "val_bpb", "memory_gb", "status", "description"]
 STATUSES = ("keep", "discard", "crash")
@@ -417,6 +425,9 @@ def read_run(path="run.log"):
     run = {"sha": hashlib.sha1(data).hexdigest(), **run_summary(text)}
     commit = re.search(r"^commit: ([0-9a-f]{7,40})\s*$", text, re.M)
     run["commit"] = commit and commit.group(1)
+    for key in ("setup", "device"):  # the summary's text lines, for the research record
+        found = re.findall(rf"^{key}:\s+(\S.*?)\s*$", text, re.M)
+        run[key] = found[-1] if found else None
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     for key in ("timeout", "killed", "fail"):  # the Run line's and train.py's own verdicts
         run[key] = next((l for l in lines if l.startswith(key.upper())), None)
@@ -652,7 +663,24 @@ def cmd_log(log, status, description):
     if (state.get("pending") or {}).get("commit") == head:
         state.pop("pending")
     save_state(state)
+    share(run, head, value, memory, status, description)
     return 0
+
+
+def share(run, commit, value, memory, status, description):
+    """Log's second half: the experiment and its result into git's research record, pushed to the
+    hub if there is one. The row in results.tsv is already written: the night never stops for
+    this, so whatever fails is one warning line."""
+    if record.agent_tag(".") is None:
+        return warn("not on a branch autoresearch/<tag>: logged in results.tsv only, not in the git record")
+    try:
+        record.record(".", commit, value, memory, status, description, setup=run["setup"] or "",
+                      device=run["device"] or "", num_steps=run["num_steps"], training_seconds=run["training_seconds"])
+    except (ValueError, RuntimeError) as e:
+        return warn(f"not recorded in git ({e}); results.tsv has the row")
+    pushed = record.push(".")
+    if pushed:
+        print(pushed, file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------
@@ -663,8 +691,9 @@ def default_logs():
     return (["results.tsv"] if os.path.exists("results.tsv") or not found else []) + found
 
 
-def report(logs, args):
-    """The summary of one log, or of several (one per GPU) with an overall line; and the chart."""
+def report(logs, args, fleet=()):
+    """The summary of one log, or of several (one per GPU or agent) with an overall line, then the
+    fleet's lines (fleet_lines); and the chart."""
     logs = [(path, rows, summarize(rows, night_setup(path)), skipped) for path, rows, skipped in logs]
     png = None  # beside the log; for several, in the current folder
     if not args.no_png:
@@ -676,7 +705,7 @@ def report(logs, args):
     if args.json:
         print(json.dumps(each[0] if len(each) == 1 else {
             "logs": each, "total": sum(counts.values()), "counts": counts,
-            "best": best and {**best["best"], "log": best["log"]}, "png": png}, indent=2))
+            "best": best and {**best["best"], "log": best["log"]}, "png": png, "fleet": list(fleet)}, indent=2))
         return 0
     print("\n\n".join(format_text(x, x["log"]) for x in each))
     if len(each) > 1:
@@ -686,9 +715,101 @@ def report(logs, args):
             b = best["best"]
             line += f"; best {b['val_bpb']:.6f} in {best['log']} ({b['commit']}, {b['description']})"
         print("\n" + line)
+    if fleet:
+        print("\n" + "\n".join(fleet))
     if png:
         print(f"\nwrote {png}")
     return 0
+
+
+# ---------------------------------------------------------------------------
+# Board and the fleet: every agent's git record (record.py), the hub fetched first
+
+BOARD_FETCH_TIMEOUT = 30  # seconds: a first fetch of 10,000 experiments takes a few on a disk
+
+
+def fleet_record():
+    """Every agent's entries in the git record (after fetching the hub, if there is one), each
+    warning printed in one line. [] outside a git repository."""
+    if git_out("rev-parse", "--git-dir") is None:
+        return []
+    fetched = record.fetch(".", timeout=BOARD_FETCH_TIMEOUT)
+    entries, warnings = record.read_record(".", own=record.agent_tag("."))
+    for line in filter(None, [fetched, *warnings]):
+        print(line, file=sys.stderr)
+    return entries
+
+
+def reader(entries):
+    """The judge, setup and device results must share to compete with this agent's: its own latest
+    entry says the setup and device; before it has one, run.log or the cache does."""
+    own = [e for e in entries if e["agent"] == record.agent_tag(".")]
+    run = read_run() or {}
+    setup = (own[-1]["setup"] if own else "") or run.get("setup") or night_setup("results.tsv")
+    device = (own[-1]["device"] if own else "") or run.get("device")
+    return record.judge_identity("."), setup, device
+
+
+def best_diff(b, entries):
+    """`git diff` of train.py from the best comparable agent's baseline to its best commit."""
+    best = next((x for x in b["best"] if (x["setup"], x["device"]) == (b["setup"], b["device"])),
+                b["best"][0] if b["best"] else None)
+    if best is None:
+        return "diff: no kept result under your judge yet"
+    base = next(e["commit"] for e in entries if e["agent"] == best["agent"])
+    diff = git_out("diff", "--stat", "--patch", base, best["commit"], "--", "train.py")
+    if diff is None:
+        return f"diff: commit {best['commit'][:7]} or {base[:7]} is not here; run `git fetch hub` and try again"
+    return f"diff: agent {best['agent']}'s baseline {base[:7]} -> its best {best['commit'][:7]}\n{diff}"
+
+
+def cmd_board(as_json, diff):
+    entries = fleet_record()
+    b = record.board(entries, *reader(entries))
+    if as_json:
+        print(json.dumps(b, indent=1))
+        return 0
+    print(record.format_board(b))
+    if diff:
+        print("\n" + best_diff(b, entries))
+    return 0
+
+
+def with_fleet(logs):
+    """The local logs plus a series for every agent of the git record that no local log is (other
+    clones through the hub, other worktrees), and the record's entries."""
+    entries = fleet_record()
+    local = {record.agent_tag(os.path.dirname(os.path.abspath(path))) for path, _, _ in logs}
+    others = sorted((tag, rows) for tag, rows in record.fleet_logs(entries).items() if tag not in local)
+    return logs + [(f"agent {tag}", rows, []) for tag, rows in others], entries
+
+
+def shared_ideas(entries, limit=10):
+    """Descriptions tried by more than one agent, with each one's outcome: the same idea, twice.
+    An agent's baseline (the commit of its first entry, which every agent starts from) is no idea."""
+    first, by_idea = {}, {}
+    for e in entries:
+        first.setdefault(e["agent"], e["commit"])
+    baselines = set(first.values())
+    for e in entries:
+        if e["commit"] not in baselines:
+            by_idea.setdefault(" ".join(e["description"].lower().split()), []).append(e)
+    shared = [tried for tried in by_idea.values() if len({e["agent"] for e in tried}) > 1]
+    return [f"{tried[0]['description'][:60]!r}: " + ", ".join(
+        f"{e['agent']} {e['status']} {e['val_bpb']:.4f}" for e in tried) for tried in shared[-limit:]]
+
+
+def fleet_lines(entries):
+    """The fleet's part of the morning summary: the best per setup and device under this judge,
+    and the ideas tried by several agents."""
+    if len({e["agent"] for e in entries}) < 2:
+        return []
+    b = record.board(entries, *reader(entries))
+    lines = ["fleet: best per setup and device, judged by this checkout's judge:"]
+    lines += [f"  {x['setup']} on {x['device']}: {x['val_bpb']:.6f} by {x['agent']} ({x['commit'][:7]}, "
+              f"{shorten(x['description'], 60)})" for x in b["best"]] or ["  none yet"]
+    ideas = shared_ideas(entries)
+    return lines + (["tried by several agents:"] + [f"  {line}" for line in ideas] if ideas else [])
 
 
 # ---------------------------------------------------------------------------
@@ -830,6 +951,8 @@ def main(argv=None):
     ap.add_argument("--log", metavar="STATUS", help="program.md's Log: append run.log's row (description on stdin)")
     ap.add_argument("--confirm", action="store_true", help="retrain the baseline and the best, score the test split")
     ap.add_argument("--runs", type=int, default=2, help="--confirm: runs of each commit (default 2)")
+    ap.add_argument("--board", action="store_true", help="every agent's record: best, progress, recent ideas")
+    ap.add_argument("--diff", action="store_true", help="--board: the best's train.py against its baseline")
     args = ap.parse_args(argv)
     log = args.logs[0] if args.logs else "results.tsv"
     if args.confirm:
@@ -838,8 +961,13 @@ def main(argv=None):
         return cmd_log(log, args.log, sys.stdin.read())
     if args.decide:
         return cmd_decide(log)
+    if args.board:
+        return cmd_board(args.json, args.diff)
     logs = read_logs(args.logs or default_logs())
-    return 1 if logs is None else report(logs, args)
+    if logs is None:
+        return 1
+    logs, entries = with_fleet(logs) if not args.logs else (logs, [])
+    return report(logs, args, fleet_lines(entries))
 
 
 if __name__ == "__main__":

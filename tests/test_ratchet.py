@@ -284,6 +284,15 @@ def test_following_program_md_keeps_only_improvements(agent):
     assert git(repo, "log", "--format=%s").splitlines() == ["full learning rates", "initial"]
     assert git(repo, "rev-parse", "--abbrev-ref", "HEAD").strip() == "autoresearch/e2e"
 
+    # ...and the git record holds every logged run with its result, the crashed commit's code too,
+    # after Discard and gc
+    subprocess.run(["git", "gc", "-q", "--prune=now"], cwd=repo, check=True)
+    entries = [json.loads(line) for line in git(repo, "show", "autoresearch-log/e2e:log.jsonl").splitlines()]
+    assert [(e["commit"][:7], e["status"], e["val_bpb"]) for e in entries] == [
+        (r[0], r[3], float(r[1])) for r in rows]
+    assert {e["setup"] for e in entries if e["status"] == "keep"} == {"smoke"}  # from run.log's summary
+    assert "def broken(:" in git(repo, "show", f"{entries[3]['commit']}:train.py")
+
     # Resume: where am I, in one command
     where = agent("Where am I")
     assert "autoresearch/e2e" in where.stdout and "next:" in where.stdout
