@@ -322,7 +322,7 @@ def format_board(b, limit=10):
                      f"{e['description'][:60]}" + ("" if e["comparable"] else " [not comparable]"))
     lines.append(f"comparable with yours (same judge, setup {b['setup'] or '-'}, device {b['device'] or '-'}): "
                  f"{b['comparable']}; {b['other_judge']} judged by another judge, listed apart, never best; "
-                 "adopt one with git show <commit>:train.py")
+                 "to try a kept one yourself: Adopt (program.md)")
     return "\n".join(lines)
 
 

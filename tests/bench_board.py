@@ -1,7 +1,8 @@
 """Board at the night's scale: a hub with 100 agents x 100 experiments (10,000 entries, each log
 commit with its experiment commit as second parent), built with git fast-import; then times a
 first fetch into a fresh clone, an idle fetch, read_record + board + format_board, and one Log
-(record + push) on top. Not collected by pytest; run: .venv/bin/python tests/bench_board.py"""
+(record + push) on top, and the whole `analysis.py --board` command. Not collected by pytest;
+run: .venv/bin/python tests/bench_board.py"""
 import json
 import os
 import subprocess
@@ -104,6 +105,11 @@ def main():
                                                                   judge=JUDGE))
     assert timed("one Log: push", lambda: record.push(own)) is None
     assert timed("fetch after one new entry", lambda: record.fetch(reader)) is None
+    analysis = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "analysis.py")
+    for flags in ([], ["--json"]):  # the command an agent runs every loop, Python start-up and fetch included
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, analysis, "--board", *flags], cwd=reader, check=True, stdout=subprocess.DEVNULL)
+        print(f"analysis.py --board {' '.join(flags)}(whole command): {time.perf_counter() - t0:.2f} s")
     print()
     print(text)
     subprocess.run(["rm", "-rf", tmp])
