@@ -501,9 +501,11 @@ def default_device():
 def device_name(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name()
+    # the hardware, not how train.py uses it: results are compared by device, and a run that sets
+    # its own thread count is still on the same machine
     if device.type == "mps":
         return f"Apple GPU (MPS, {cpu_model()})"
-    return f"CPU {cpu_model()} ({torch.get_num_threads()} threads)"
+    return f"CPU {cpu_model()} ({os.cpu_count()} cores)"
 
 
 def bf16_is_native(device):

@@ -149,3 +149,14 @@ if turn == 3:
     assert loop.returncode == 0, loop.stderr
     assert [row[4] for row in results(a.repo)[1]] == ["turn 1", "turn 2", "turn 3"]
     assert not (a.repo / ".keep-going").exists()
+
+
+def test_the_board_compares_with_the_readers_last_run_not_its_last_crash(monkeypatch):
+    sys.path.insert(0, ROOT)
+    import analysis
+    monkeypatch.setattr(analysis.record, "agent_tag", lambda repo=".": "me")
+    monkeypatch.setattr(analysis.record, "judge_identity", lambda repo=".": "judge")
+    monkeypatch.setattr(analysis, "read_run", lambda: None)
+    entries = [dict(agent="me", setup="smoke", device="CPU x (2 cores)"), dict(agent="other", setup="small", device="GPU"),
+               dict(agent="me", setup="", device="")]  # a crash: run.log had no summary
+    assert analysis.reader(entries) == ("judge", "smoke", "CPU x (2 cores)")
