@@ -641,6 +641,11 @@ def cmd_log(log, status, description):
     if d["step"] in ("no run", "logged"):
         return error("there is no run.log to log: Run first" if run is None else
                      "this run.log is already logged in results.tsv: go on with the loop")
+    if not crashed(run) and status != d["decision"]:  # the row says what the rule decided, nothing else
+        if d["decision"] == "rerun":
+            return error("Decide says rerun for this run.log: don't log it; Run again, then Decide")
+        return error(f"Decide says {d['decision']} for this run.log ({d['why']}), not {status}: "
+                     f"Log it as {d['decision']}" if d["decision"] else f"nothing to log: {NEXT[d['step']]}")
     if crashed(run) or status == "crash":
         if status != "crash":
             print(f"note: run.log has no val_bpb ({d['why'] or 'crash'}): logged as crash, not {status}")

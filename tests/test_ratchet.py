@@ -430,3 +430,27 @@ def test_run_log_names_the_commit_it_ran(fake_agent):
     assert f"(ran commit {ran})" in out.stdout and head not in out.stdout, out.stdout
     assert agent("Log", status="keep", description="baseline").returncode == 0
     assert results(repo)[1][-1][0] == ran
+
+
+def test_log_refuses_a_status_that_contradicts_decide(fake_agent):
+    agent, repo = fake_agent, fake_agent.repo
+    for label in ("Create the branch", "Make sure git can commit", "Start the log"):
+        assert agent(label, tag="strict").returncode == 0
+    for description in ("baseline", "baseline run 2"):
+        fake_run(repo, 2.0)
+        assert agent("Log", status="keep", description=description).returncode == 0
+    (repo / "train.py").write_text((repo / "train.py").read_text() + "\n# worse\n")
+    assert agent("Commit", description="worse").returncode == 0
+    fake_run(repo, 2.5)
+    assert decision(agent("Decide")) == "discard"
+    refused = agent("Log", status="keep", description="worse")
+    assert refused.returncode == 1 and "Decide says discard" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and len(results(repo)[1]) == 2  # nothing written
+    assert agent("Log", status="discard", description="worse").returncode == 0
+    assert agent("Discard").returncode == 0
+    (repo / "train.py").write_text((repo / "train.py").read_text() + "\n# a hair better\n")
+    assert agent("Commit", description="a hair better").returncode == 0
+    fake_run(repo, 1.9998)
+    assert decision(agent("Decide")) == "rerun"
+    refused = agent("Log", status="keep", description="a hair better")
+    assert refused.returncode == 1 and "don't log it" in refused.stderr and len(results(repo)[1]) == 3
