@@ -396,8 +396,10 @@ def plot(logs, png_path):
 # The loop's two commands: Decide and Log (program.md states the rule in words)
 
 SPOILED = 0.5         # fewer steps and lower MFU than this fraction of the baseline's: a starved run
+STRETCHED = 1.5       # wall seconds per budgeted second of training above which the machine set the pace
 STATE = "autoresearch-state.json"  # in the git folder (per worktree): baseline steps, a pending re-run
-SUMMARY_KEYS = ("val_bpb", "peak_vram_mb", "num_steps", "mfu_percent", "total_seconds", "training_seconds")
+SUMMARY_KEYS = ("val_bpb", "peak_vram_mb", "num_steps", "mfu_percent", "total_seconds", "training_seconds",
+                "training_wall_seconds")
 
 
 def run_summary(text, keys=SUMMARY_KEYS):
@@ -523,20 +525,21 @@ def decide(rows, run, head, state, changed=None):
         return {**d, "decision": "crash", "step": step, "why": run["timeout"] or run["fail"] or (
             "out of memory" if run["oom"] else run["error"] or "no val_bpb in run.log")}
     d["value"] = run["val_bpb"]
-    if len(done) < 2:
-        return {**d, **judge_baseline(done, run, state)}
-    base = baseline_of(rows)
-    steps = bar_lowerings(rows, base["val_bpb"])
-    d.update(noise=base["noise"], best=steps[-1]["val_bpb"] if steps else base["val_bpb"],
-             best_row=steps[-1] if steps else None)
-    kept = [r["commit"] for r in rows if r["status"] == "keep"]
-    last = kept[-1] if kept else None
-    if head and last and (head.startswith(last) or last.startswith(head)):
-        return {**d, "step": "no change"}
-    why = spoiled(run, head, state)
+    if len(done) >= 2:
+        base = baseline_of(rows)
+        steps = bar_lowerings(rows, base["val_bpb"])
+        d.update(noise=base["noise"], best=steps[-1]["val_bpb"] if steps else base["val_bpb"],
+                 best_row=steps[-1] if steps else None)
+        kept = [r["commit"] for r in rows if r["status"] == "keep"]
+        last = kept[-1] if kept else None
+        if head and last and (head.startswith(last) or last.startswith(head)):
+            return {**d, "step": "no change"}
+    why = spoiled(run, head, state, paced=bool(done))  # the baseline's too: a starved run sets no bar
     if why:
         state["spoiled"] = {"commit": head, "sha": run["sha"]}
         return {**d, "decision": "rerun", "step": "spoiled", "why": why}
+    if len(done) < 2:
+        return {**d, **judge_baseline(done, run, state)}
     pending = state.get("pending") or {}
     if pending.get("commit") == head and pending.get("sha") != run["sha"]:
         d["pair"] = (pending["val_bpb"], run["val_bpb"])
@@ -559,15 +562,24 @@ def judge_baseline(done, run, state):
             "step": "baseline 2", "best": base["val_bpb"], "noise": base["noise"]}
 
 
-def spoiled(run, head, state):
-    """Why the run is spoiled (under half the baseline's steps and MFU: something else used the
-    machine), or None. A commit that slow twice (another run.log) is judged as it is."""
-    ref = list((state.get("baseline_runs") or {}).values())
-    steps, mfu = [x[0] for x in ref if x[0]], [x[1] for x in ref if x[1]]
+def spoiled(run, head, state, paced=True):
+    """Why something else spoiled the run, or None. What the machine did decides, not the run's own
+    pace, which a slow commit lowers too: off CUDA the budget counts this run's own compute, so
+    wall seconds per budgeted second over STRETCHED say others took the cores; on a GPU, whose
+    clock is the wall's, under half the baseline's steps and MFU say it (once a baseline run has
+    set that pace: `paced`). A commit spoiled twice (another run.log) is judged as it is."""
     last = state.get("spoiled") or {}
+    if last.get("commit") == head and last.get("sha") != run["sha"]:
+        return None
+    wall, budget = run.get("training_wall_seconds"), run.get("training_seconds")
+    if wall and budget and wall > STRETCHED * budget:
+        return (f"spoiled: {budget:.0f} s of training took {wall:.0f} s of wall time: something else used "
+                f"the machine")
+    own_clock = (run.get("device") or "").startswith("CPU")  # its budget counts its own compute: no pace rule
+    ref = list((state.get("baseline_runs") or {}).values()) if paced and not own_clock else []
+    steps, mfu = [x[0] for x in ref if x[0]], [x[1] for x in ref if x[1]]
     if (steps and run["num_steps"] is not None and run["num_steps"] < SPOILED * statistics.mean(steps)
-            and (not mfu or run["mfu_percent"] is None or run["mfu_percent"] < SPOILED * statistics.mean(mfu))
-            and (last.get("commit") != head or last.get("sha") == run["sha"])):
+            and (not mfu or run["mfu_percent"] is None or run["mfu_percent"] < SPOILED * statistics.mean(mfu))):
         return (f"spoiled: {run['num_steps']:.0f} steps against the baseline's {statistics.mean(steps):.0f} "
                 f"(and a lower MFU): something else slowed the machine")
     return None

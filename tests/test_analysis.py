@@ -227,6 +227,36 @@ def test_decide_rule_edges():
     assert analysis.decide(base, run(None), "bbbbbbb", {})["decision"] == "crash"
 
 
+def test_a_run_the_machine_stretched_is_rerun_the_baselines_too():
+    """Spoiled is what the machine did (wall seconds per budgeted second), not the run's own pace."""
+    def run(v, sha, wall=60.0, steps=100, device="CPU x (2 cores)"):
+        return {"sha": sha, "val_bpb": v, "num_steps": steps, "mfu_percent": 40.0, "training_seconds": 60.0,
+                "training_wall_seconds": wall, "device": device, "timeout": None, "killed": None, "fail": None,
+                "ended": True, "traceback": False, "oom": False, "error": ""}
+
+    def row(v, commit="aaaaaaa"):
+        return {"commit": commit, "val_bpb": v, "memory_gb": 1.0, "status": "keep", "description": ""}
+
+    d = analysis.decide([], run(2.4, "s1", wall=130.0), "aaaaaaa", {})  # a busy neighbour: no bar from it
+    assert d["decision"] == "rerun" and d["step"] == "spoiled" and "130 s of wall time" in d["why"]
+    again = analysis.decide([], run(2.3, "s2", wall=125.0), "aaaaaaa", d["state"])
+    assert again["decision"] == "keep" and again["step"] == "baseline 1"  # spoiled twice: judged as it is
+    d = analysis.decide([row(2.2)], run(2.4, "s3", wall=100.0), "aaaaaaa", {})
+    assert d["decision"] == "rerun", "the baseline's second run is tested too"
+    base = [row(2.2), row(2.21)]
+    state = {"baseline_runs": {"s1": [100, 40.0], "s2": [100, 40.0]}}
+    slow = run(2.5, "s4", steps=30)
+    slow["mfu_percent"] = 10.0  # slow code lowers both, as a starved run does
+    assert analysis.decide(base, slow, "bbbbbbb", state)["decision"] == "discard", \
+        "a slow commit on a quiet CPU is judged, not re-run"
+    on_gpu = analysis.decide(base, run(2.5, "s5", steps=30, device="NVIDIA H100"), "bbbbbbb",
+                             {**state, "baseline_runs": {"s1": [100, 40.0]}})
+    assert on_gpu["decision"] == "discard"  # MFU unchanged: the code, not the machine
+    starved = run(2.5, "s6", steps=30, device="NVIDIA H100")
+    starved["mfu_percent"] = 10.0
+    assert analysis.decide(base, starved, "bbbbbbb", state)["step"] == "spoiled"  # a GPU's clock is the wall's
+
+
 # The baseline's two runs differ, and a kept run beats their mean but not the first run alone:
 # a summary measuring from the first run would see no improvement at all.
 TWO_BASELINES = [
