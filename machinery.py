@@ -567,6 +567,58 @@ def synchronize(device):
         torch.mps.synchronize()
 
 
+def run_queue_delays(tasks="/proc/self/task"):
+    """{thread id: seconds it has spent runnable but waiting for a CPU}, for each of this process's
+    threads, from the Linux scheduler's own accounting (schedstat's second field, in ns); None
+    where there is none (macOS; Linux kernels built without CONFIG_SCHED_INFO)."""
+    delays = {}
+    try:
+        names = os.listdir(tasks)
+    except OSError:
+        return None
+    for tid in names:
+        try:
+            with open(os.path.join(tasks, tid, "schedstat")) as f:
+                delays[tid] = int(f.read().split()[1]) / 1e9
+        except (OSError, IndexError, ValueError):  # a thread that just ended
+            pass
+    return delays or None
+
+
+def budget_clock(device, read_delays=run_queue_delays):
+    """The clock the training budget runs on, and one line saying what it counts.
+
+    On CUDA and MPS: the wall clock. The device is the run's alone, and the wall clock is what the
+    reference measures. On a CPU the cores are shared (a browser, a test suite, a second agent),
+    and every second the scheduler gives a neighbour would be a second of budget lost. So there
+    the clock is the wall clock less the time this run waited for a CPU: in each interval between
+    two readings, the longest that any one of its threads sat runnable on a run queue. Threads that
+    work in lockstep (OpenMP regions end at a barrier) lose the wall time the slowest of them
+    waited; waits of different threads overlap or not, and the longest is the honest middle. On an
+    idle machine nothing waits and this is the wall clock.
+    It does not see what contention costs a thread while it runs (shared caches and memory
+    bandwidth, a neighbour on a hyperthread sibling, a hypervisor's steal), nor a thread that
+    spins at a barrier while its partner waits: train.py keeps OpenMP's spinning short for that.
+    Where there is no run-queue accounting (macOS) it is the process's CPU time per thread, which
+    on a quiet machine runs a little slower than the wall clock (threads idle now and then)."""
+    if device.type != "cpu":
+        return time.time, "wall clock (the device is this run's alone)"
+    seen = read_delays()
+    if seen is None:
+        threads = torch.get_num_threads()
+        return (lambda: time.process_time() / threads), (
+            f"process CPU time / {threads} threads (no run-queue accounting on this system)")
+    waited = 0.0
+
+    def clock():
+        nonlocal waited
+        now, delays = time.time(), read_delays() or {}
+        waited += max([d - seen.get(tid, d) for tid, d in delays.items()], default=0.0)
+        seen.update(delays)
+        return now - waited
+    return clock, "wall clock less the time this run's threads waited for a CPU (Linux schedstat)"
+
+
 def load_flash_attention_3(device):
     """Flash Attention 3 from the Hugging Face kernel hub and where it came from, or None and why not."""
     if device.type != "cuda":
