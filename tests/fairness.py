@@ -18,7 +18,7 @@ import argparse
 import json
 import os
 import re
-import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -28,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 BUDGET = 60
 
-PROBE_BEFORE = "    synchronize(device)\n    t0 = time.time()\n"
+PROBE_BEFORE = re.compile(r"\n    synchronize\(device\)\n    t0.*\n")
 PROBE_AFTER = "    if step >= UNTIMED_STEPS:  # the first steps compile"
 PROBE_CODE = '''
 def _probe_snapshot():
@@ -75,9 +75,9 @@ def make_variant(work, name, spec, probe):
             text = subprocess.run(["git", "-C", ROOT, "show", f"{rev}:{file}"], capture_output=True,
                                   text=True, check=True).stdout
         if file == "train.py" and probe:
-            assert text.count(PROBE_BEFORE) == 1 and text.count(PROBE_AFTER) == 1
+            assert len(PROBE_BEFORE.findall(text)) == 1 and text.count(PROBE_AFTER) == 1
             text = text.replace("# Training loop\n", "# Training loop\n" + PROBE_CODE, 1)
-            text = text.replace(PROBE_BEFORE, PROBE_BEFORE + "    _p0 = _probe_snapshot()\n")
+            text = PROBE_BEFORE.sub(lambda m: m.group(0) + "    _p0 = _probe_snapshot()\n", text)
             text = text.replace(PROBE_AFTER, "    _probe_steps.append((_p0, _probe_snapshot()))\n" + PROBE_AFTER)
         open(os.path.join(folder, file), "w").write(text)
         if file == "train.py":
@@ -110,7 +110,7 @@ def run(variant, cache, busy, probe_file=None):
     wall = float(values.get("training_wall_seconds", training))  # before the budget clock, they were one
     return dict(steps=steps, bpb=float(values["val_bpb"]), train_s=training, wall_s=wall,
                 tok_s=(steps - variant["untimed"]) * variant["batch"] / wall, elapsed=elapsed,
-                load=load, notes=[l for l in result.stdout.splitlines() if l.startswith("Clock")])
+                load=load, notes=[l for l in result.stdout.splitlines() if l.startswith("Budget clock")])
 
 
 def summary(values, fmt):
@@ -140,8 +140,10 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", action="store_true", help="one unmeasured run per variant first (compile caches)")
     parser.add_argument("--probe", action="store_true")
+    parser.add_argument("--loads", default="quiet,busy", help="quiet, busy or both (the default)")
     parser.add_argument("--work", default="/tmp/fair")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so that `finally` ends the busy neighbour
     cache = prepare(args.work)
     variants = [make_variant(args.work, *v.split("=", 1), args.probe) for v in args.variants]
     if args.warmup:
@@ -149,7 +151,7 @@ def main():
             run(v, cache, busy=False)
     cells = {}
     for r in range(args.rounds):
-        order = [(v, busy) for v in variants for busy in (False, True)]
+        order = [(v, load == "busy") for v in variants for load in args.loads.split(",")]
         order = order[r % len(order):] + order[:r % len(order)]  # rotate: no cell always goes first
         for v, busy in order:
             probe_file = os.path.join(args.work, f"probe-{v['name']}-{busy}-{r}.json") if args.probe else None
