@@ -586,21 +586,22 @@ def run_queue_delays(tasks="/proc/self/task"):
 
 
 def budget_clock(device, read_delays=run_queue_delays):
-    """The clock the training budget runs on, and one line saying what it counts.
+    """The clock the training budget runs on (a function giving seconds), and one line saying what
+    it counts.
 
-    On CUDA and MPS: the wall clock. The device is the run's alone, and the wall clock is what the
-    reference measures. On a CPU the cores are shared (a browser, a test suite, a second agent),
-    and every second the scheduler gives a neighbour would be a second of budget lost. So there
-    the clock is the wall clock less the time this run waited for a CPU: in each interval between
-    two readings, the longest that any one of its threads sat runnable on a run queue. Threads that
-    work in lockstep (OpenMP regions end at a barrier) lose the wall time the slowest of them
-    waited; waits of different threads overlap or not, and the longest is the honest middle. On an
-    idle machine nothing waits and this is the wall clock.
-    It does not see what contention costs a thread while it runs (shared caches and memory
-    bandwidth, a neighbour on a hyperthread sibling, a hypervisor's steal), nor a thread that
-    spins at a barrier while its partner waits: train.py keeps OpenMP's spinning short for that.
-    Where there is no run-queue accounting (macOS) it is the process's CPU time per thread, which
-    on a quiet machine runs a little slower than the wall clock (threads idle now and then)."""
+    On CUDA and MPS: the wall clock; the device is the run's alone, as in the reference. On a CPU
+    the cores are shared (a browser, a test suite, a second agent), and on the wall clock every
+    second the scheduler gives a neighbour is a second of budget lost: beside one busy process a
+    run fitted half its steps. So there it is the wall clock less the time this run waited for a
+    CPU: in each interval between two readings (a training step), the longest wait of any one of
+    its threads on a run queue. Threads in an OpenMP region meet at a barrier, so the region
+    stretches by its slowest thread's wait; summing the threads' waits would count waits that
+    overlap more than once. On a quiet machine nothing waits and this is the wall clock.
+    What it cannot see: a neighbour's cost to a thread while it runs (shared caches and memory
+    bandwidth, a hyperthread sibling, a hypervisor's steal), and a thread spinning at a barrier
+    for a partner that waits (counted as running): train.py keeps OpenMP's spin short for that.
+    Where the kernel keeps no run-queue accounting (macOS) it is the process's CPU time per
+    thread: fair under load only in part, and a little slow on a quiet machine."""
     if device.type != "cpu":
         return time.time, "wall clock (the device is this run's alone)"
     seen = read_delays()

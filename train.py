@@ -1,6 +1,6 @@
 """
-The agent's sandbox: a small GPT, its optimizer (Muon + AdamW) and a training loop that runs for a
-fixed budget of computing time and then prints val_bpb (lower is better). One file, read top to bottom:
+The agent's sandbox: a small GPT, its optimizer (Muon + AdamW) and a training loop that computes for
+a fixed time budget and then prints val_bpb (lower is better). One file, read top to bottom:
 device set-up, the model, the optimizer, the hyperparameters (edit those directly), set-up, the
 training loop, the final evaluation and the summary.
 
