@@ -1,6 +1,6 @@
 """
-The agent's sandbox: a small GPT, its optimizer (Muon + AdamW) and a training loop that runs for a
-fixed wall-clock budget and then prints val_bpb (lower is better). One file, read top to bottom:
+The agent's sandbox: a small GPT, its optimizer (Muon + AdamW) and a training loop that computes for
+a fixed time budget and then prints val_bpb (lower is better). One file, read top to bottom:
 device set-up, the model, the optimizer, the hyperparameters (edit those directly), set-up, the
 training loop, the final evaluation and the summary.
 
@@ -14,6 +14,7 @@ import os
 os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")  # less GPU memory fragmentation
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # keep run.log free of download bars
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # big CPU tensors on 2 MB pages; read at torch's first allocation
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")  # CPU threads spin briefly at a barrier, then sleep: see budget_clock
 
 import gc
 import math
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 
 from prepare import MAX_SEQ_LEN, TIME_BUDGET, EVAL_TOKENS, SETUP, Tokenizer, make_dataloader, evaluate_bpb
 from machinery import (default_device, device_name, bf16_is_native, tune_process, synchronize,
-                       load_flash_attention_3, peak_flops_of, peak_memory_mb)
+                       load_flash_attention_3, peak_flops_of, peak_memory_mb, budget_clock)
 
 # Line-buffered stdout: output redirected to run.log must not sit in a buffer and land after a
 # crash's traceback, which has to be the last thing in the log.
@@ -64,6 +65,7 @@ UNTIMED_STEPS = 11 if device.type == "cuda" else 1
 
 tune_process(device, COMPILE)  # memory allocator and compiler settings: speed only (see machinery.py)
 fa3, fa3_note = load_flash_attention_3(device)  # the reference attention kernel, where it loads
+clock, clock_note = budget_clock(device)  # off CUDA and MPS: the time this run computed, not what neighbours took
 
 
 def sliding_window_mask(T, window, device):
@@ -101,6 +103,7 @@ def attention(q, k, v, window_size):
 print(f"Device: {device_name(device)}, {'bf16 autocast' if USE_BF16 else 'fp32'}, torch.compile {'on' if COMPILE else 'off'}")
 print(f"Attention: Flash Attention 3 ({fa3_note})" if fa3 is not None else
       f"Attention: PyTorch SDPA with causal sliding-window masks (Flash Attention 3 {fa3_note})")
+print(f"Budget clock: {clock_note}")
 
 # ---------------------------------------------------------------------------
 # GPT model
@@ -623,12 +626,12 @@ def get_weight_decay(progress):
 # ---------------------------------------------------------------------------
 
 smooth_train_loss = 0
-total_training_time = 0
+total_training_time = total_wall_time = 0
 step = 0
 
 while True:
     synchronize(device)
-    t0 = time.time()
+    t0, c0 = time.time(), clock()
     for micro_step in range(grad_accum_steps):
         with autocast_ctx:
             loss = model(x, y)
@@ -658,10 +661,11 @@ while True:
         sys.exit(1)
 
     synchronize(device)
-    dt = time.time() - t0
+    dt, wall_dt = clock() - c0, time.time() - t0  # budget seconds; wall seconds
 
     if step >= UNTIMED_STEPS:  # the first steps compile and warm up: they don't count toward the budget
         total_training_time += dt
+        total_wall_time += wall_dt
 
     # Logging
     ema_beta = 0.9
@@ -715,3 +719,4 @@ print(f"num_params_M:     {num_params / 1e6:.1f}")
 print(f"depth:            {DEPTH}")
 print(f"setup:            {SETUP}")
 print(f"device:           {device_name(device)}")
+print(f"training_wall_seconds: {total_wall_time:.1f}")

@@ -10,10 +10,12 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
+import machinery
 from conftest import ROOT, TRAIN, train_definitions
 SUMMARY = [  # the nine lines the agent greps, with their formats
     ("val_bpb", r"\d+\.\d{6}"), ("training_seconds", r"\d+\.\d"), ("total_seconds", r"\d+\.\d"),
@@ -160,6 +162,48 @@ def test_model_trains_in_fp32(train, monkeypatch):
 
 
 # ---------------------------------------------------------------------------
+# The budget's clock
+
+def test_cpu_budget_clock_leaves_out_the_longest_wait_for_a_cpu(monkeypatch):
+    # Per interval between readings, the longest any one thread waited on a run queue: threads in
+    # an OpenMP region wait for the slowest at its barrier. A thread first seen brings no history.
+    wall = iter([100.0, 110.0, 120.0])
+    delays = iter([{"1": 0.0, "2": 0.0}, {"1": 3.0, "2": 1.0}, {"1": 3.5, "2": 3.0, "3": 50.0},
+                   {"2": 3.0, "3": 50.0}])  # thread 1 ended
+    monkeypatch.setattr(machinery.time, "time", lambda: next(wall))
+    clock, note = machinery.budget_clock(torch.device("cpu"), read_delays=lambda: next(delays))
+    assert "waited for a CPU" in note
+    readings = [clock(), clock(), clock()]
+    assert readings[0] == 100.0 - 3.0
+    assert [b - a for a, b in zip(readings, readings[1:])] == [10.0 - 2.0, 10.0]
+
+
+def test_run_queue_delays_reads_this_process_threads():
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("no /proc (macOS)")
+    delays = machinery.run_queue_delays()
+    assert str(os.getpid()) in delays and all(d >= 0 for d in delays.values())
+    assert machinery.run_queue_delays("/nonexistent/task") is None
+
+
+def test_without_run_queue_accounting_the_budget_clock_is_cpu_time_per_thread():
+    clock, note = machinery.budget_clock(torch.device("cpu"), read_delays=lambda: None)
+    assert "\n" not in note and "CPU time" in note  # one line, and it says what it counts
+    threads = torch.get_num_threads()
+    start, cpu = clock(), time.process_time()
+    time.sleep(0.2)  # waiting is not computing...
+    while time.process_time() - cpu < 0.2:  # ...computing is, shared out over the threads
+        pass
+    assert abs((clock() - start) - (time.process_time() - cpu) / threads) < 0.02
+
+
+def test_budget_clock_is_the_wall_clock_on_a_gpu():
+    for kind in ("cuda", "mps"):
+        clock, note = machinery.budget_clock(torch.device(kind), read_delays=lambda: {"1": 5.0})
+        assert clock is time.time and "wall clock" in note
+
+
+# ---------------------------------------------------------------------------
 # Whole runs under the smoke setup
 
 def uniform_bpb(cache):
@@ -200,6 +244,12 @@ def test_smoke_run_prints_the_summary(smoke_cache, tmp_path):
         assert match, f"summary line {line!r} is not `{name}: <{number}>`"
         values[name] = float(match.group(1))
     assert len(values) == 9
+    # then the extras, the wall seconds of the timed steps last: the budget's clock never runs
+    # ahead of the wall, and the run stopped once it reached the budget (5 s)
+    assert [line.split(":")[0] for line in lines[lines.index("---") + 10:]] == ["setup", "device", "training_wall_seconds"]
+    wall = float(re.fullmatch(r"training_wall_seconds: (\d+\.\d)", lines[-1]).group(1))
+    assert 5.0 <= values["training_seconds"] <= wall + 0.1
+    assert sum(line.startswith("Budget clock: ") for line in lines) == 1
     assert values["num_steps"] > 11 and values["depth"] == 2
     assert 0 < values["mfu_percent"] < 100 and values["peak_vram_mb"] > 0
     # A model that learned nothing scores the uniform baseline (or worse); guessing by token
