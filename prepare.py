@@ -283,7 +283,7 @@ def evaluate_bpb(model, tokenizer, batch_size):
     if not math.isfinite(val_bpb):
         sys.exit("error: val_bpb is not a number: the model's logits are not finite (the run diverged)")
     if CONFIRM:
-        if not os.path.exists(TEST_ROWS_FILE):
+        if not os.path.exists(TEST_ROWS_FILE):  # compatibility: a cache from before test splits
             sys.exit(f"error: {CACHE_DIR} has no test split to confirm on; prepare a new cache (AUTORESEARCH_CACHE=<new folder>)")
         test_bpb = bits_per_byte(model, tokenizer, np.load(TEST_ROWS_FILE, allow_pickle=False), batch_size)
         print(f"test_bpb:         {test_bpb:.6f}")
