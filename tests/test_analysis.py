@@ -241,7 +241,8 @@ def test_a_run_the_machine_stretched_is_rerun_the_baselines_too():
     assert d["decision"] == "rerun" and d["step"] == "spoiled" and "130 s of wall time" in d["why"]
     again = analysis.decide([], run(2.3, "s2", wall=125.0), "aaaaaaa", d["state"])
     assert again["decision"] == "keep" and again["step"] == "baseline 1"  # spoiled twice: judged as it is
-    d = analysis.decide([row(2.2)], run(2.4, "s3", wall=100.0), "aaaaaaa", {})
+    d = analysis.decide([row(2.2)], run(2.4, "s3", wall=125.0), "aaaaaaa", {})
+    assert analysis.decide([row(2.2)], run(2.4, "s3", wall=100.0), "aaaaaaa", {})["decision"] == "keep"
     assert d["decision"] == "rerun", "the baseline's second run is tested too"
     base = [row(2.2), row(2.21)]
     state = {"baseline_runs": {"s1": [100, 40.0], "s2": [100, 40.0]}}
