@@ -763,7 +763,8 @@ def fleet_record():
 def reader(entries):
     """The judge, setup and device results must share to compete with this agent's: its own latest
     entry says the setup and device; before it has one, run.log or the cache does."""
-    own = [e for e in entries if e["agent"] == record.agent_tag(".") and e["device"]]  # a crash has none
+    tag = record.agent_tag(".")
+    own = [e for e in entries if e["agent"] == tag and e["device"]]  # a crash has none
     run = read_run() or {}
     setup = (own[-1]["setup"] if own else "") or run.get("setup") or night_setup("results.tsv")
     device = (own[-1]["device"] if own else "") or run.get("device")

@@ -154,9 +154,10 @@ if turn == 3:
 def test_the_board_compares_with_the_readers_last_run_not_its_last_crash(monkeypatch):
     sys.path.insert(0, ROOT)
     import analysis
-    monkeypatch.setattr(analysis.record, "agent_tag", lambda repo=".": "me")
+    asked = []  # each question is a git process: once per Board, not once per entry (10,000 a night)
+    monkeypatch.setattr(analysis.record, "agent_tag", lambda repo=".": asked.append(repo) or "me")
     monkeypatch.setattr(analysis.record, "judge_identity", lambda repo=".": "judge")
     monkeypatch.setattr(analysis, "read_run", lambda: None)
     entries = [dict(agent="me", setup="smoke", device="CPU x (2 cores)"), dict(agent="other", setup="small", device="GPU"),
                dict(agent="me", setup="", device="")]  # a crash: run.log had no summary
-    assert analysis.reader(entries) == ("judge", "smoke", "CPU x (2 cores)")
+    assert analysis.reader(entries * 100) == ("judge", "smoke", "CPU x (2 cores)") and len(asked) == 1
