@@ -253,9 +253,13 @@ def test_following_program_md_keeps_only_improvements(agent):
     assert decision(out) == "crash" and "TIMEOUT" in out.stdout
 
     # 6. a run cut off by the shell tool's own limit: KILLED, re-run unlogged
+    (repo / "run.log").unlink()  # the last run's
     proc = subprocess.Popen(agent.command("Run"), shell=True, executable="/bin/bash", cwd=repo, env=agent.env,
                             start_new_session=True)
-    time.sleep(2)
+    deadline = time.time() + 120  # until train.py speaks: the runner has its signal handlers by then
+    while time.time() < deadline and (not (repo / "run.log").exists()
+                                      or len((repo / "run.log").read_text().splitlines()) < 2):
+        time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=60)
     assert "KILLED: by SIGTERM" in (repo / "run.log").read_text()
