@@ -9,10 +9,10 @@
 
 The log is tab-separated, `commit val_bpb memory_gb status description`, status keep, discard or
 crash (crashes carry val_bpb 0.000000 and memory_gb 0.0). Everything is measured against one
-baseline, Decide's (baseline_of): the mean of the first two runs that did not crash. The summary
-gives the counts, the keep rate (of the experiments: the baseline's runs are not experiments), the
-best and the improvement, and the kept experiments ranked by their gain over the previous kept
-one; `--json` prints it as one JSON object. progress.png goes beside the log unless --no-png.
+baseline, Decide's (baseline_of): the mean of the first two runs that did not crash (of three when
+those two disagreed in steps: the two that agree). The summary gives the counts, the keep rate (of
+the experiments: the baseline's runs are not experiments), the best and the improvement, and the
+kept experiments ranked by their gain over the previous kept one; `--json` prints it as one JSON object. progress.png goes beside the log unless --no-png.
 With no argument it reads results.tsv and every worktrees/*/results.tsv (one per GPU): a summary
 each, one overall line and one chart in the current folder.
 
@@ -142,28 +142,48 @@ def read_logs(paths):
 # ---------------------------------------------------------------------------
 # The baseline and the bar: one definition, for Decide, the summary, the chart and Confirm
 
+BASELINE_AGREE = 0.10  # two baseline runs whose steps differ by more than this fraction disagree
+
+
+def baseline_rows(rows):
+    """The baseline's runs: the first two that did not crash, and a third when the same commit ran
+    again as `baseline run 3` (Decide asks for one when the first two disagreed in steps)."""
+    done = [r for r in rows if r["status"] != "crash"]
+    third = done[2:3]
+    if third and third[0]["commit"] == done[1]["commit"] and third[0]["description"].startswith("baseline run 3"):
+        return done[:3]
+    return done[:2]
+
+
 def baseline_of(rows):
-    """The bar every measure starts from, or None before a run completed: the mean of the first
-    two runs that did not crash (with only one, that run); the commits and row indices it comes
-    from; and the noise, their difference but at least NOISE_FLOOR (None with one run).
+    """The bar every measure starts from, or None before a run completed: the mean of the baseline's
+    two runs (with only one, that run); the commits and row indices of all its runs; and the noise,
+    the pair's difference but at least NOISE_FLOOR (None with one run). After a third run the pair is
+    the two whose steps agreed, as Log wrote in its description (`the bar: runs 1 and 3`).
     `commit` and `index` are the last baseline run's: the commit the loop built on."""
-    done = [r for r in rows if r["status"] != "crash"][:2]
-    if not done:
+    runs = baseline_rows(rows)
+    if not runs:
         return None
-    vals = [r["val_bpb"] for r in done]
+    pair = runs[:2]
+    named = len(runs) == 3 and re.search(r"the bar: runs ([123]) and ([123])", runs[2]["description"])
+    if named and named.group(1) != named.group(2):
+        pair = [runs[int(named.group(1)) - 1], runs[int(named.group(2)) - 1]]
+    vals = [r["val_bpb"] for r in pair]
+    which = "" if len(runs) < 3 else f" of runs {runs.index(pair[0]) + 1} and {runs.index(pair[1]) + 1} of 3"
     return {"val_bpb": sum(vals) / len(vals),
             "noise": max(abs(vals[0] - vals[1]), NOISE_FLOOR) if len(vals) == 2 else None,
-            "commits": [r["commit"] for r in done], "indices": [r.get("index") for r in done],
-            "commit": done[-1]["commit"], "index": done[-1].get("index"),
-            "description": "the baseline (mean of 2 runs)" if len(done) == 2 else "the baseline (1 run so far)"}
+            "commits": [r["commit"] for r in runs], "indices": [r.get("index") for r in runs],
+            "commit": runs[-1]["commit"], "index": runs[-1].get("index"),
+            "description": f"the baseline (mean{which or ' of 2 runs'})" if len(vals) == 2 else "the baseline (1 run so far)"}
 
 
 def bar_lowerings(rows, bar):
-    """The kept runs after the baseline's two that lowered the bar, in order: the running best's
+    """The kept runs after the baseline's that lowered the bar, in order: the running best's
     staircase. A keep that did not beat the best (a simpler train.py) leaves the bar where it was."""
+    base = len(baseline_rows(rows))
     seen, steps = 0, []
     for r in rows:
-        if seen < 2:
+        if seen < base:
             seen += r["status"] != "crash"
         elif r["status"] == "keep" and r["val_bpb"] < (steps[-1]["val_bpb"] if steps else bar):
             steps.append(r)
@@ -400,6 +420,9 @@ SPOILED = 0.5         # fewer steps and lower MFU than this fraction of the base
 # clock was measured fair up to ~1.7 (one busy process beside a run on 2 cores: 89-103% of a quiet
 # run's steps); past 2, more than half the wall time went to others, which was not measured.
 STRETCHED = 2.0
+# A run the Run line killed, whose training took more wall seconds per budgeted one than this: the
+# machine, not the code, pushed it past the kill (a quiet CPU run stays within a few percent).
+STRETCHED_KILLED = 1.2
 STATE = "autoresearch-state.json"  # in the git folder (per worktree): baseline steps, a pending re-run
 SUMMARY_KEYS = ("val_bpb", "peak_vram_mb", "num_steps", "mfu_percent", "total_seconds", "training_seconds",
                 "training_wall_seconds")
@@ -436,6 +459,8 @@ def read_run(path="run.log"):
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     for key in ("timeout", "killed", "fail"):  # the Run line's and train.py's own verdicts
         run[key] = next((l for l in lines if l.startswith(key.upper())), None)
+    trained = re.findall(r"trained: (\d+)s in (\d+)s wall", text)  # the status line: budget and wall so far
+    run["trained"] = tuple(float(x) for x in trained[-1]) if trained else None
     run["ended"] = any(l.startswith("run ended") for l in lines)
     run["traceback"] = "Traceback (most recent call last)" in text
     run["oom"] = "out of memory" in text.lower()
@@ -498,6 +523,11 @@ NEXT = {
               "Run again (at most 2 fixes per idea). Otherwise Discard."),
     "baseline 1": "Log it as keep, description `baseline`; then Run again (no edit, no commit) and Decide.",
     "baseline 2": "Log it as keep, description `baseline run 2`; then start the loop.",
+    "baseline disagree": ("Log it as keep, description `baseline run 2`; then Run again (no edit, no commit) "
+                          "and Decide: a third run settles which two set the bar."),
+    "baseline 3": "Log it as keep, description `baseline run 3`; then start the loop.",
+    "stretched": ("don't log it. Run again (same commit), then Decide; if the machine stays this busy, Run in "
+                  "the background with a longer kill (the 540 in the Run line). (Stretched twice: a crash.)"),
     "no change": "run.log ran the last kept commit: it measured no change. Edit train.py and Commit before you Run.",
     "spoiled": ("don't log it. Run again (same commit), then Decide. (If this commit is that slow again, "
                 "Decide judges it as it is.)"),
@@ -522,7 +552,13 @@ def decide(rows, run, head, state, changed=None):
                 "why": f"the run was stopped from outside ({run['killed']}): not the code's fault"}
     if run["val_bpb"] is None and not (run["ended"] or run["timeout"] or run["fail"] or run["traceback"]):
         return {**d, "step": "running"}
+    why = run["timeout"] and stretched_past_kill(run, head, state)
+    if why:
+        state["spoiled"] = {"commit": head, "sha": run["sha"]}
+        return {**d, "decision": "rerun", "step": "stretched", "why": why}
     done = [r for r in rows if r["status"] != "crash"]
+    third = (len(done) == 2 and len(baseline_rows(rows)) == 2 and disagreeing(state)
+             and bool(head) and (head.startswith(done[1]["commit"]) or done[1]["commit"].startswith(head)))
     if crashed(run):
         step = "crash" if len(done) >= 2 else "baseline timeout" if run["timeout"] else "baseline crash"
         return {**d, "decision": "crash", "step": step, "why": run["timeout"] or run["fail"] or (
@@ -535,13 +571,13 @@ def decide(rows, run, head, state, changed=None):
                  best_row=steps[-1] if steps else None)
         kept = [r["commit"] for r in rows if r["status"] == "keep"]
         last = kept[-1] if kept else None
-        if head and last and (head.startswith(last) or last.startswith(head)):
+        if head and last and (head.startswith(last) or last.startswith(head)) and not third:
             return {**d, "step": "no change"}
     why = spoiled(run, head, state, paced=bool(done))  # the baseline's too: a starved run sets no bar
     if why:
         state["spoiled"] = {"commit": head, "sha": run["sha"]}
         return {**d, "decision": "rerun", "step": "spoiled", "why": why}
-    if len(done) < 2:
+    if len(done) < 2 or third:
         return {**d, **judge_baseline(done, run, state)}
     pending = state.get("pending") or {}
     if pending.get("commit") == head and pending.get("sha") != run["sha"]:
@@ -555,14 +591,45 @@ def decide(rows, run, head, state, changed=None):
 
 
 def judge_baseline(done, run, state):
-    """A baseline run: always kept; the second sets the bar (the mean of both) and the noise."""
+    """A baseline run: always kept. The second sets the bar (the mean of both) and the noise, unless
+    the two disagree in steps: then a third run, and the two whose steps agree set them."""
     pace = {run["sha"]: [run["num_steps"], run["mfu_percent"]]}  # a first run forgets any earlier baseline's
     state["baseline_runs"] = {**state.get("baseline_runs", {}), **pace} if done else pace
     if not done:
         return {"decision": "keep", "why": "baseline, run 1 of 2", "step": "baseline 1"}
-    base = baseline_of(done + [{"status": "keep", "val_bpb": run["val_bpb"], "commit": None}])
-    return {"decision": "keep", "why": "baseline, run 2 of 2: the bar is the mean of both runs",
-            "step": "baseline 2", "best": base["val_bpb"], "noise": base["noise"]}
+    if len(done) == 1 and disagreeing(state):
+        a, b = (x[0] for x in state["baseline_runs"].values())
+        return {"decision": "keep", "step": "baseline disagree",
+                "why": f"baseline, run 2: {a:.0f} and {b:.0f} steps disagree by more than "
+                       f"{BASELINE_AGREE:.0%}, so the machine was not the same for both: a third run"}
+    pair = agreeing_pair(state) if len(done) == 2 else (1, 2)
+    vals = [r["val_bpb"] for r in done] + [run["val_bpb"]]
+    rows = [{"status": "keep", "val_bpb": v, "commit": None, "description": ""} for v in vals]
+    base = baseline_of([rows[pair[0] - 1], rows[pair[1] - 1]])
+    if len(done) == 1:
+        return {"decision": "keep", "why": "baseline, run 2 of 2: the bar is the mean of both runs",
+                "step": "baseline 2", "best": base["val_bpb"], "noise": base["noise"]}
+    steps = [x[0] for x in state["baseline_runs"].values()]
+    return {"decision": "keep", "step": "baseline 3", "best": base["val_bpb"], "noise": base["noise"],
+            "baseline_pair": pair,
+            "why": f"baseline, run 3 ({', '.join(f'{s:.0f}' for s in steps)} steps): the bar is the mean of "
+                   f"runs {pair[0]} and {pair[1]}, whose steps agree best"}
+
+
+def step_gap(a, b):
+    return abs(a - b) / max(a, b) if a and b else 0.0
+
+
+def disagreeing(state):
+    """Whether the baseline's first two runs differ in steps by more than BASELINE_AGREE."""
+    runs = list((state.get("baseline_runs") or {}).values())
+    return len(runs) >= 2 and step_gap(runs[0][0], runs[1][0]) > BASELINE_AGREE
+
+
+def agreeing_pair(state):
+    """The 1-based numbers of the two baseline runs (of three) whose steps are closest."""
+    steps = [x[0] for x in state["baseline_runs"].values()]
+    return min(((1, 2), (1, 3), (2, 3)), key=lambda p: step_gap(steps[p[0] - 1], steps[p[1] - 1]))
 
 
 def spoiled(run, head, state, paced=True):
@@ -585,6 +652,21 @@ def spoiled(run, head, state, paced=True):
             and (not mfu or run["mfu_percent"] is None or run["mfu_percent"] < SPOILED * statistics.mean(mfu))):
         return (f"spoiled: {run['num_steps']:.0f} steps against the baseline's {statistics.mean(steps):.0f} "
                 f"(and a lower MFU): something else slowed the machine")
+    return None
+
+
+def stretched_past_kill(run, head, state):
+    """Why a run the Run line killed was the machine's doing, or None (a crash). Its last status
+    line says how much of the budget it trained in how much wall time: over STRETCHED_KILLED wall
+    seconds per budgeted one, others took the cores long enough to push it past the kill. A commit
+    killed so twice (another run.log) is a crash: it is that slow."""
+    last = state.get("spoiled") or {}
+    if last.get("commit") == head and last.get("sha") != run["sha"]:
+        return None
+    trained, wall = run.get("trained") or (None, None)
+    if trained and wall and wall > STRETCHED_KILLED * trained:
+        return (f"stretched: killed with {trained:.0f} s of training done in {wall:.0f} s of wall time: "
+                f"something else used the machine")
     return None
 
 
@@ -625,7 +707,7 @@ def show_decision(d, run):
     if d["pair"]:
         print(f"pair:     mean of {d['pair'][0]:.6f} and {d['pair'][1]:.6f} = {d['value']:.6f}")
     if d["best"] is not None:
-        where = (f"commit {d['best_row']['commit']}" if d.get("best_row") else "the mean of the baseline's two runs")
+        where = (f"commit {d['best_row']['commit']}" if d.get("best_row") else "the baseline's mean")
         print(f"best:     {d['best']:.6f} ({where})")
     if d["noise"] is not None:
         print(f"noise:    {d['noise']:.6f}")
@@ -656,9 +738,9 @@ def cmd_log(log, status, description):
     if d["step"] in ("no run", "logged"):
         return error("there is no run.log to log: Run first" if run is None else
                      "this run.log is already logged in results.tsv: go on with the loop")
+    if d["decision"] == "rerun":  # killed, spoiled or stretched runs included: no row, whatever was typed
+        return error(f"Decide says rerun for this run.log ({d['why']}): don't log it; Run again, then Decide")
     if not crashed(run) and status != d["decision"]:  # the row says what the rule decided, nothing else
-        if d["decision"] == "rerun":
-            return error("Decide says rerun for this run.log: don't log it; Run again, then Decide")
         return error(f"Decide says {d['decision']} for this run.log ({d['why']}), not {status}: "
                      f"Log it as {d['decision']}" if d["decision"] else f"nothing to log: {NEXT[d['step']]}")
     if crashed(run) or status == "crash":
@@ -670,6 +752,8 @@ def cmd_log(log, status, description):
         memory = (run["peak_vram_mb"] or 0.0) / 1024
         if d["pair"]:
             description += f" (mean of 2 runs: {d['pair'][0]:.6f} {d['pair'][1]:.6f})"
+        if d.get("baseline_pair"):  # baseline_of reads the bar's two runs from here
+            description = "baseline run 3 (the bar: runs {} and {})".format(*d["baseline_pair"])
     if not os.path.exists(log) or os.path.getsize(log) == 0:
         write_atomically(log, "\t".join(HEADER) + "\n")
     row = f"{head}\t{value:.6f}\t{memory:.1f}\t{status}\t{description}"
@@ -677,7 +761,7 @@ def cmd_log(log, status, description):
         f.write(row + "\n")
     print(row)
     state = load_state()
-    if d["step"] in ("baseline 1", "baseline 2"):
+    if d["step"].startswith("baseline"):
         state["baseline_runs"] = d["state"]["baseline_runs"]
     state["logged"] = (state.get("logged", []) + [run["sha"]])[-50:]
     if (state.get("pending") or {}).get("commit") == head:
