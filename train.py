@@ -592,6 +592,9 @@ if COMPILE and COMPILE_BY_BLOCK:
     for block in model.transformer.h:
         block.compile(dynamic=False)
     model.head = torch.compile(model.head, dynamic=False)
+    # Grad mode stays on inside the judge's no_grad: its evaluation runs the block graphs compiled for
+    # training (compiled for no_grad, an edited block would compile again: ~7 s on a CPU)
+    model.forward = torch.enable_grad()(model.forward)
 elif COMPILE:
     model = torch.compile(model, dynamic=False)
 
