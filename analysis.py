@@ -12,7 +12,8 @@ crash (crashes carry val_bpb 0.000000 and memory_gb 0.0). Everything is measured
 baseline, Decide's (baseline_of): the mean of the first two runs that did not crash (of three when
 those two disagreed in steps: the two that agree). The summary gives the counts, the keep rate (of
 the experiments: the baseline's runs are not experiments), the best and the improvement, and the
-kept experiments ranked by their gain over the previous kept one; `--json` prints it as one JSON object. progress.png goes beside the log unless --no-png.
+kept experiments ranked by their gain over the previous kept one; `--json` prints it as one JSON
+object. progress.png goes beside the log unless --no-png.
 With no argument it reads results.tsv and every worktrees/*/results.tsv (one per GPU): a summary
 each, one overall line and one chart in the current folder.
 
@@ -526,8 +527,8 @@ NEXT = {
     "baseline disagree": ("Log it as keep, description `baseline run 2`; then Run again (no edit, no commit) "
                           "and Decide: a third run settles which two set the bar."),
     "baseline 3": "Log it as keep, description `baseline run 3`; then start the loop.",
-    "stretched": ("don't log it. Run again (same commit), then Decide; if the machine stays this busy, Run in "
-                  "the background with a longer kill (the 540 in the Run line). (Stretched twice: a crash.)"),
+    "stretched": ("don't log it. Run again (same commit), then Decide. (If this commit is killed again, "
+                  "Decide calls it a crash.)"),
     "no change": "run.log ran the last kept commit: it measured no change. Edit train.py and Commit before you Run.",
     "spoiled": ("don't log it. Run again (same commit), then Decide. (If this commit is that slow again, "
                 "Decide judges it as it is.)"),
