@@ -517,6 +517,8 @@ NEXT = {
     "baseline timeout": ("the baseline ran out of time: Log it as crash (it never becomes the bar), then Run it "
                          "again unchanged: a first run also compiles from a cold cache. If it times out again, "
                          "halve DEVICE_BATCH_SIZE for this setup in train.py, Commit, Run, Decide."),
+    "baseline busy": ("Log it as crash (it never becomes the bar), then Run it again unchanged: the machine was "
+                      "too busy for the run to end within the kill, which no change to train.py fixes."),
     "baseline crash": ("the baseline crashed: Log it as crash (it never becomes the bar), then make it run: "
                        "out of memory, lower DEVICE_BATCH_SIZE for this setup in train.py (halve it); "
                        "anything else, fix what the traceback says. Commit, Run, Decide."),
@@ -553,7 +555,7 @@ def decide(rows, run, head, state, changed=None):
                 "why": f"the run was stopped from outside ({run['killed']}): not the code's fault"}
     if run["val_bpb"] is None and not (run["ended"] or run["timeout"] or run["fail"] or run["traceback"]):
         return {**d, "step": "running"}
-    why = run["timeout"] and stretched_past_kill(run, head, state)
+    why = stretched_past_kill(run, head, state)
     if why:
         state["spoiled"] = {"commit": head, "sha": run["sha"]}
         return {**d, "decision": "rerun", "step": "stretched", "why": why}
@@ -561,7 +563,8 @@ def decide(rows, run, head, state, changed=None):
     third = (len(done) == 2 and len(baseline_rows(rows)) == 2 and disagreeing(state)
              and bool(head) and (head.startswith(done[1]["commit"]) or done[1]["commit"].startswith(head)))
     if crashed(run):
-        step = "crash" if len(done) >= 2 else "baseline timeout" if run["timeout"] else "baseline crash"
+        step = ("crash" if len(done) >= 2 else "baseline busy" if stretched(run) else
+                "baseline timeout" if run["timeout"] else "baseline crash")
         return {**d, "decision": "crash", "step": step, "why": run["timeout"] or run["fail"] or (
             "out of memory" if run["oom"] else run["error"] or "no val_bpb in run.log")}
     d["value"] = run["val_bpb"]
@@ -660,12 +663,16 @@ def stretched_past_kill(run, head, state):
     """Why a run the Run line killed was the machine's doing, or None (a crash). Its last status
     line says how much of the budget it trained in how much wall time: over STRETCHED_KILLED wall
     seconds per budgeted one, others took the cores long enough to push it past the kill. A commit
-    killed so twice (another run.log) is a crash: it is that slow."""
+    killed so twice (another run.log) is a crash."""
     last = state.get("spoiled") or {}
     if last.get("commit") == head and last.get("sha") != run["sha"]:
         return None
+    return stretched(run)
+
+
+def stretched(run):
     trained, wall = run.get("trained") or (None, None)
-    if trained and wall and wall > STRETCHED_KILLED * trained:
+    if run["timeout"] and trained and wall and wall > STRETCHED_KILLED * trained:
         return (f"stretched: killed with {trained:.0f} s of training done in {wall:.0f} s of wall time: "
                 f"something else used the machine")
     return None

@@ -494,9 +494,9 @@ def test_a_run_the_machine_stretched_past_the_kill_is_rerun_not_a_crash(fake_age
     assert decision(out) == "rerun" and "200 s of training done in 470 s" in out.stdout
     refused = agent("Log", status="crash", description="baseline")
     assert refused.returncode == 1 and "don't log it" in refused.stderr
-    killed(210, 480)  # the same commit killed so again: it is that slow
+    killed(210, 480)  # the same commit killed so again: a crash, but the baseline's fix is no edit
     out = agent("Decide")
-    assert decision(out) == "crash"
+    assert decision(out) == "crash" and "no change to train.py fixes" in out.stdout
     killed(290, 300)  # a quiet machine: the code's own slowness
     assert decision(agent("Decide")) == "crash"
 
