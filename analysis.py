@@ -769,7 +769,7 @@ def cmd_log(log, status, description):
         f.write(row + "\n")
     print(row)
     state = load_state()
-    if d["step"].startswith("baseline"):
+    if d["step"] in ("baseline 1", "baseline 2", "baseline disagree", "baseline 3"):
         state["baseline_runs"] = d["state"]["baseline_runs"]
     state["logged"] = (state.get("logged", []) + [run["sha"]])[-50:]
     if (state.get("pending") or {}).get("commit") == head:

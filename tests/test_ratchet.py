@@ -185,12 +185,15 @@ def test_following_program_md_keeps_only_improvements(agent):
 
     # The baseline, twice (three times if a busy machine made the two disagree in steps): Run, Decide, Log
     for n, description in ((1, "baseline"), (2, "baseline run 2"), (3, "baseline run 3")):
-        ran = agent("Run")
-        assert ran.returncode == 0, (repo / "run.log").read_text()[-3000:]
-        assert re.search(r"^run ended: exit 0$", (repo / "run.log").read_text(), re.M)
-        assert (repo / "run.log").read_text().startswith(f"commit: {initial}\n")  # run.log names its commit
-        assert analysis.read_run(str(repo / "run.log"))["trained"] is not None  # the status line's wall time
-        out = agent("Decide")
+        for _ in range(3):  # a run a busy machine spoiled is run again, as program.md says
+            ran = agent("Run")
+            assert ran.returncode == 0, (repo / "run.log").read_text()[-3000:]
+            assert re.search(r"^run ended: exit 0$", (repo / "run.log").read_text(), re.M)
+            assert (repo / "run.log").read_text().startswith(f"commit: {initial}\n")  # run.log names its commit
+            assert analysis.read_run(str(repo / "run.log"))["trained"] is not None  # the status line's wall time
+            out = agent("Decide")
+            if decision(out) != "rerun":
+                break
         assert decision(out) == "keep" and (f"run {n} of 2" in out.stdout or n > 1), out.stdout
         assert f"(ran commit {initial})" in out.stdout
         assert agent("Log", status="keep", description=description).returncode == 0
