@@ -419,6 +419,8 @@ def test_two_worktrees_on_one_cache(tmp_path, smoke_cache):
     for proc in runs:
         proc.wait(timeout=600)
     for a in agents:
+        if decision(a("Decide")) == "rerun":  # two runs at once on a small machine may stretch each other past 2x
+            assert a("Run").returncode == 0
         assert decision(a("Decide")) == "keep", (a.repo / "run.log").read_text()[-2000:]
         assert a("Log", status="keep", description="baseline").returncode == 0
     review = subprocess.run([sys.executable, "analysis.py", "--json"], cwd=repo, capture_output=True, text=True)
