@@ -198,7 +198,8 @@ def count(rows):
 def summarize(rows, setup=None):
     """The numbers of the summary, as a plain dict (what --json prints)."""
     base = baseline_of(rows)
-    experiments = [r for r in rows if not base or r["index"] not in base["indices"]]
+    # the baseline's runs, and the crashed attempts at it before its last run, are not experiments
+    experiments = [r for r in rows if not base or r["index"] > base["indices"][-1]]
     tried = count(experiments)
     steps = bar_lowerings(rows, base["val_bpb"]) if base else []
     best = steps[-1] if steps else base

@@ -294,12 +294,13 @@ def test_summary_json_chart_and_decide_share_decides_baseline(tmp_path, capsys):
 
 
 def test_keep_rate_counts_experiments_not_the_baselines_runs(tmp_path, capsys):
-    rows = [("aaaaaaa", 1.0, 44.0, "keep", "baseline"), ("aaaaaaa", 1.001, 44.0, "keep", "baseline run 2"),
+    rows = [("9999999", 0.0, 0.0, "crash", "baseline"),  # attempts at the baseline are no experiments
+            ("aaaaaaa", 1.0, 44.0, "keep", "baseline"), ("aaaaaaa", 1.001, 44.0, "keep", "baseline run 2"),
             ("bbbbbbb", 0.99, 44.0, "keep", "better"), ("ccccccc", 0.995, 44.0, "discard", "worse")]
     assert run(write_log(tmp_path, rows), "--json", "--no-png") == 0
     data = json.loads(capsys.readouterr().out)
     assert data["keep_rate"] == 0.5 and data["experiments"] == {"keep": 1, "discard": 1, "crash": 0}
-    assert data["counts"] == {"keep": 3, "discard": 1, "crash": 0}  # every row, as before
+    assert data["counts"] == {"keep": 3, "discard": 1, "crash": 1}  # every row, as before
     assert [r["commit"] for r in data["ranked"]] == ["bbbbbbb"]  # "baseline run 2" is no kept experiment
 
 
