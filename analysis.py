@@ -643,8 +643,7 @@ def spoiled(run, head, state, paced=True):
     wall seconds per budgeted second over STRETCHED say others took the cores; on a GPU, whose
     clock is the wall's, under half the baseline's steps and MFU say it (once a baseline run has
     set that pace: `paced`). A commit spoiled twice (another run.log) is judged as it is."""
-    last = state.get("spoiled") or {}
-    if last.get("commit") == head and last.get("sha") != run["sha"]:
+    if rerun_once_already(run, head, state):
         return None
     wall, budget = run.get("training_wall_seconds"), run.get("training_seconds")
     if wall and budget and wall > STRETCHED * budget:
@@ -660,13 +659,19 @@ def spoiled(run, head, state, paced=True):
     return None
 
 
+def rerun_once_already(run, head, state):
+    """Whether this commit was already sent back once as spoiled or stretched (another run.log):
+    a commit gets one rerun for what the machine did; the second run is judged as it is."""
+    last = state.get("spoiled") or {}
+    return last.get("commit") == head and last.get("sha") != run["sha"]
+
+
 def stretched_past_kill(run, head, state):
     """Why a run the Run line killed was the machine's doing, or None (a crash). Its last status
     line says how much of the budget it trained in how much wall time: over STRETCHED_KILLED wall
     seconds per budgeted one, others took the cores long enough to push it past the kill. A commit
     killed so twice (another run.log) is a crash."""
-    last = state.get("spoiled") or {}
-    if last.get("commit") == head and last.get("sha") != run["sha"]:
+    if rerun_once_already(run, head, state):
         return None
     return stretched(run)
 
