@@ -322,7 +322,7 @@ def test_following_program_md_keeps_only_improvements(agent):
     review = subprocess.run([sys.executable, "analysis.py", "results.tsv", "--json"], cwd=repo,
                             capture_output=True, text=True)
     assert review.returncode == 0, review.stderr
-    assert json.loads(review.stdout)["counts"] == {"keep": 3, "discard": 0, "crash": 2}
+    assert json.loads(review.stdout)["counts"] == {"keep": n_base + 1, "discard": 0, "crash": 2}
     assert (repo / "progress.png").exists()
 
 
