@@ -688,25 +688,41 @@ def measure_matmul_flops(dtype, sizes=(512, 1024, 2048), seconds=0.3):
 
 def cpu_peak_flops(dtype):
     """This machine's matmul peak in `dtype`, measured on first use (about a second) and kept in the
-    cache, keyed by everything it depends on, so later runs pay nothing. A figure measured while
-    the machine was busier than it has cores reads low: the next quiet start measures again."""
+    cache, keyed by everything it depends on, so later runs pay nothing. A figure a neighbour
+    disturbed reads low (and MFU high, past 100%): it is kept until a start measures undisturbed."""
     key = f"{cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__} | {dtype}"
     peaks = read_json(PEAK_FLOPS_FILE)
-    quiet = os.getloadavg()[0] <= (os.cpu_count() or 1)
     kept = peaks.get(key)
-    if not (isinstance(kept, dict) and {"flops", "quiet"} <= kept.keys()):
-        kept = None
-    if kept and (kept["quiet"] or not quiet):
+    if not (isinstance(kept, dict) and {"flops", "undisturbed"} <= kept.keys()):
+        kept = None  # includes figures from before "undisturbed", judged by the load average alone
+    if kept and kept["undisturbed"]:
         return kept["flops"]
-    flops = max(measure_matmul_flops(dtype), kept["flops"] if kept else 0)
-    peaks[key] = dict(flops=flops, quiet=quiet)
+    flops, undisturbed = measure_undisturbed(lambda: measure_matmul_flops(dtype))
+    flops = max(flops, kept["flops"] if kept else 0)
+    peaks[key] = dict(flops=flops, undisturbed=undisturbed)
     print(f"Measured this CPU's matmul peak for MFU: {flops / 1e9:,.0f} GFLOP/s ({key})"
-          + ("" if quiet else "; the machine is busy, so MFU may read high: measured again when it is quiet"))
+          + ("" if undisturbed else "; the machine is busy, so MFU may read high: measured again next start"))
     try:
         write_json_atomically(PEAK_FLOPS_FILE, peaks)
     except OSError:  # no cache folder: measure again next time
         pass
     return flops
+
+
+def measure_undisturbed(measure, read_delays=run_queue_delays):
+    """measure()'s result, and whether no neighbour disturbed it: none of this process's threads
+    waited for a CPU for more than 5% of the time it took (the scheduler's own accounting). The
+    load average cannot say so: on 2 cores, one busy neighbour leaves it at 1, "room to spare",
+    while it halves a 2-thread matmul. Without run-queue accounting (macOS) the load average must
+    leave a core for each of our threads (within half a core)."""
+    before, started = read_delays(), time.time()
+    if before is None:
+        quiet = os.getloadavg()[0] < (os.cpu_count() or 1) - torch.get_num_threads() + 0.5
+        return measure(), quiet
+    result = measure()
+    took, after = time.time() - started, read_delays() or {}
+    waited = max([d - before.get(tid, 0.0) for tid, d in after.items()], default=0.0)
+    return result, waited <= 0.05 * took
 
 
 def peak_flops_of(device, bf16):
