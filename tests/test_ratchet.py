@@ -506,6 +506,7 @@ def test_a_run_the_machine_stretched_past_the_kill_is_rerun_not_a_crash(fake_age
     killed(210, 480)  # the same commit killed so again: a crash, but the baseline's fix is no edit
     out = agent("Decide")
     assert decision(out) == "crash" and "no change to train.py fixes" in out.stdout
+    assert "Log it as crash, description `baseline`" in out.stdout  # the night's agent had to guess it
     killed(290, 300)  # a quiet machine: the code's own slowness
     assert decision(agent("Decide")) == "crash"
 
