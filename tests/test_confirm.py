@@ -57,8 +57,11 @@ def test_confirm_finds_the_fix_better_on_test_and_leaves_everything_as_it_was(tm
 def test_an_interrupted_confirm_removes_its_worktrees(tmp_path, smoke_cache):
     repo, env = night(tmp_path, smoke_cache)
     before = snapshot(repo)
+    # Ctrl-C's default restored: a runner that started the suite in the background (nohup ... &)
+    # passes SIGINT down ignored, and Python keeps it so
     proc = subprocess.Popen([sys.executable, "analysis.py", "--confirm"], cwd=repo, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert "[1/4] baseline" in proc.stdout.readline()  # training has started in a worktree
     time.sleep(2)
     proc.send_signal(signal.SIGINT)
