@@ -506,6 +506,8 @@ def lines_changed(since):
     return (int(added), int(deleted)) if added.isdigit() and deleted.isdigit() else None
 
 
+LOG_BASELINE_CRASH = "Log it as crash, description `baseline` (a crash never becomes the bar)"
+
 # What to do next, for each step of the rule (the presentation; decide() says which step).
 NEXT = {
     "no run": "there is no run.log: Run first.",
@@ -515,17 +517,15 @@ NEXT = {
                "or with Run in the background and Poll."),
     "running": ("run.log has no result and no end line yet: the run is still going (Poll until it "
                 "prints `run ended`), or it was cut off from outside (then Run it again)."),
-    "baseline timeout": ("the baseline ran out of time: Log it as crash, description `baseline` (a crash never "
-                         "becomes the bar), then Run it again unchanged: a first run also compiles from a cold "
-                         "cache. If it times out again, halve DEVICE_BATCH_SIZE for this setup in train.py, "
-                         "Commit, Run, Decide."),
-    "baseline busy": ("Log it as crash, description `baseline` (a crash never becomes the bar), then Run it again "
-                      "unchanged, and so after each such kill: the machine was too busy for the run to end within "
-                      "the kill, which no change to train.py fixes; a run ends once the machine is quieter."),
-    "baseline crash": ("the baseline crashed: Log it as crash, description `baseline` (a crash never becomes "
-                       "the bar), then make it run: out of memory, lower DEVICE_BATCH_SIZE for this setup in "
-                       "train.py (halve it); "
-                       "anything else, fix what the traceback says. Commit, Run, Decide."),
+    "baseline timeout": (f"the baseline ran out of time: {LOG_BASELINE_CRASH}, then Run it again unchanged: a "
+                         "first run also compiles from a cold cache. If it times out again, halve "
+                         "DEVICE_BATCH_SIZE for this setup in train.py, Commit, Run, Decide."),
+    "baseline busy": (f"{LOG_BASELINE_CRASH}, then Run it again unchanged, and so after each such kill: the "
+                      "machine was too busy for the run to end within the kill, which no change to train.py "
+                      "fixes; a run ends once the machine is quieter."),
+    "baseline crash": (f"the baseline crashed: {LOG_BASELINE_CRASH}, then make it run: out of memory, lower "
+                       "DEVICE_BATCH_SIZE for this setup in train.py (halve it); anything else, fix what the "
+                       "traceback says. Commit, Run, Decide."),
     "crash": ("Log it as crash. A trivial mistake (typo, import, shape): fix it, Amend, "
               "Run again (at most 2 fixes per idea). Otherwise Discard."),
     "baseline 1": "Log it as keep, description `baseline`; then Run again (no edit, no commit) and Decide.",
