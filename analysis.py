@@ -2,6 +2,7 @@
 (program.md); and the morning's Confirm.
 
     uv run analysis.py [results.tsv ...] [--json] [--no-png]
+    uv run analysis.py --run > run.log 2>&1
     uv run analysis.py --decide
     uv run analysis.py --log keep|discard|crash  < description
     uv run analysis.py --confirm [--runs N] [--json] [results.tsv]
@@ -30,9 +31,7 @@ ideas tried lately. With no log named, the morning summary covers every agent in
 """
 
 import argparse
-import csv
 import glob
-import hashlib
 import json
 import math
 import os
@@ -46,11 +45,15 @@ import tempfile
 import time
 
 import record
+from harness import JUDGE_FILES
+from harness.cache import CACHE_DIR, VAL_ROWS_FILE
+from harness.results import (BASELINE_AGREE, NOISE_FLOOR, STATUSES, append_row, bar_lowerings, baseline_of,  # noqa: F401
+                             baseline_rows, best_of, experiments_begun, parse_row, problem_line, read_log, same_commit)
+from harness.run import TIMEOUT, git_out, read_run, run_summary
+import harness.run
+import harness.runrecord
 
-HEADER = ["commit", "val_bpb", "memory_gb", "status", "description"]
-STATUSES = ("keep", "discard", "crash")
 MAX_LABELS = 20  # at most this many kept runs get a description on the chart
-NOISE_FLOOR = 0.0005  # the noise is never taken below this
 
 
 def warn(msg):
@@ -86,109 +89,20 @@ def read_json(path):
         return None
 
 
-def parse_row(fields):
-    """One row of the log as a dict, or raise ValueError saying what is wrong with it."""
-    if len(fields) < 4:
-        raise ValueError(f"expected 5 tab-separated fields, got {len(fields)}")
-    commit, val, mem, status = (f.strip() for f in fields[:4])
-    description = " ".join(f.strip() for f in fields[4:])  # a stray tab in the description
-    status = status.lower()
-    if status not in STATUSES:
-        raise ValueError(f"status {status!r} is not keep, discard or crash")
-    try:
-        val_bpb, memory_gb = float(val), float(mem)
-    except ValueError:
-        raise ValueError(f"val_bpb {val!r} or memory_gb {mem!r} is not a number") from None
-    if not (math.isfinite(val_bpb) and math.isfinite(memory_gb)):
-        raise ValueError("val_bpb or memory_gb is not finite")
-    if status != "crash" and val_bpb <= 0:
-        raise ValueError(f"a {status} row needs a positive val_bpb, got {val!r}")
-    return {"commit": commit, "val_bpb": val_bpb, "memory_gb": memory_gb,
-            "status": status, "description": description}
-
-
-def read_log(path):
-    """Parsed rows (each with its 1-based experiment `index` and file `line`), and the line
-    numbers skipped as malformed. Blank lines and the header are ignored silently."""
-    rows, skipped = [], []
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        for lineno, fields in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
-            if not any(field.strip() for field in fields):
-                continue
-            if lineno == 1 and [x.strip().lower() for x in fields[:5]] == HEADER:
-                continue
-            try:
-                row = parse_row(fields)
-            except ValueError as e:
-                warn(f"{path}:{lineno}: skipped malformed row ({e})")
-                skipped.append(lineno)
-                continue
-            row["index"] = len(rows) + 1
-            rows.append(row)
-    return rows, skipped
-
-
 def read_logs(paths):
-    """[(path, rows, skipped)], or None after saying which log could not be read."""
+    """[(path, rows, skipped line numbers)], or None after saying which log could not be read. The
+    summary reads what it can: the lines that are not rows are skipped, said in one line per log."""
     logs = []
     for path in paths:
         try:
-            logs.append((path, *read_log(path)))
+            rows, problems = read_log(path)
         except OSError as e:
             error(f"cannot read {path}: {e.strerror or e}")
             return None
+        if problems:
+            warn(f"skipped: {problem_line(path, problems)}")
+        logs.append((path, rows, [line for line, _ in problems]))
     return logs
-
-
-# ---------------------------------------------------------------------------
-# The baseline and the bar: one definition, for Decide, the summary, the chart and Confirm
-
-BASELINE_AGREE = 0.10  # two baseline runs whose steps differ by more than this fraction disagree
-
-
-def baseline_rows(rows):
-    """The baseline's runs: the first two that did not crash, and a third when the same commit ran
-    again as `baseline run 3` (Decide asks for one when the first two disagreed in steps)."""
-    done = [r for r in rows if r["status"] != "crash"]
-    third = done[2:3]
-    if third and third[0]["commit"] == done[1]["commit"] and third[0]["description"].startswith("baseline run 3"):
-        return done[:3]
-    return done[:2]
-
-
-def baseline_of(rows):
-    """The bar every measure starts from, or None before a run completed: the mean of the baseline's
-    two runs (with only one, that run); the commits and row indices of all its runs; and the noise,
-    the pair's difference but at least NOISE_FLOOR (None with one run). After a third run the pair is
-    the two whose steps agreed, as Log wrote in its description (`the bar: runs 1 and 3`).
-    `commit` and `index` are the last baseline run's: the commit the loop built on."""
-    runs = baseline_rows(rows)
-    if not runs:
-        return None
-    pair = runs[:2]
-    named = len(runs) == 3 and re.search(r"the bar: runs ([123]) and ([123])", runs[2]["description"])
-    if named and named.group(1) != named.group(2):
-        pair = [runs[int(named.group(1)) - 1], runs[int(named.group(2)) - 1]]
-    vals = [r["val_bpb"] for r in pair]
-    which = "" if len(runs) < 3 else f" of runs {runs.index(pair[0]) + 1} and {runs.index(pair[1]) + 1} of 3"
-    return {"val_bpb": sum(vals) / len(vals),
-            "noise": max(abs(vals[0] - vals[1]), NOISE_FLOOR) if len(vals) == 2 else None,
-            "commits": [r["commit"] for r in runs], "indices": [r.get("index") for r in runs],
-            "commit": runs[-1]["commit"], "index": runs[-1].get("index"),
-            "description": f"the baseline (mean{which or ' of 2 runs'})" if len(vals) == 2 else "the baseline (1 run so far)"}
-
-
-def bar_lowerings(rows, bar):
-    """The kept runs after the baseline's that lowered the bar, in order: the running best's
-    staircase. A keep that did not beat the best (a simpler train.py) leaves the bar where it was."""
-    base = len(baseline_rows(rows))
-    seen, steps = 0, []
-    for r in rows:
-        if seen < base:
-            seen += r["status"] != "crash"
-        elif r["status"] == "keep" and r["val_bpb"] < (steps[-1]["val_bpb"] if steps else bar):
-            steps.append(r)
-    return steps
 
 
 def count(rows):
@@ -201,8 +115,7 @@ def summarize(rows, setup=None):
     # the baseline's runs, and the crashed attempts at it before its last run, are not experiments
     experiments = [r for r in rows if not base or r["index"] > base["indices"][-1]]
     tried = count(experiments)
-    steps = bar_lowerings(rows, base["val_bpb"]) if base else []
-    best = steps[-1] if steps else base
+    best = best_of(rows)
     kept = [r for r in experiments if r["status"] == "keep"] if base else []
     before = [base and base["val_bpb"]] + [r["val_bpb"] for r in kept]  # each one's previous kept value
     ranked = sorted(({**r, "gain": b - r["val_bpb"]} for r, b in zip(kept, before)), key=lambda r: -r["gain"])
@@ -426,58 +339,15 @@ STRETCHED = 2.0
 # machine, not the code, pushed it past the kill (a quiet CPU run stays within a few percent).
 STRETCHED_KILLED = 1.2
 STATE = "autoresearch-state.json"  # in the git folder (per worktree): baseline steps, a pending re-run
-SUMMARY_KEYS = ("val_bpb", "peak_vram_mb", "num_steps", "mfu_percent", "total_seconds", "training_seconds",
-                "training_wall_seconds")
-
-
-def run_summary(text, keys=SUMMARY_KEYS):
-    """The numbers of a run's closing summary (`val_bpb:  0.99`, `num_steps: 953`, ...): the last
-    of each in the text; None where missing or not a finite number (a diverged run's nan)."""
-    figures = {}
-    for key in keys:
-        found = re.findall(rf"^{key}:\s+(\S+)\s*$", text, re.M)
-        try:
-            value = float(found[-1]) if found else None
-        except ValueError:
-            value = None
-        figures[key] = value if value is not None and math.isfinite(value) else None
-    return figures
-
-
-def read_run(path="run.log"):
-    """What run.log says: the commit it ran (the Run command's first line), the summary numbers,
-    and how the run ended. None when there is no run.log."""
-    try:
-        data = open(path, "rb").read()
-    except OSError:
-        return None
-    text = data.decode("utf-8", "replace").replace("\r", "\n")
-    run = {"sha": hashlib.sha1(data).hexdigest(), **run_summary(text)}
-    commit = re.search(r"^commit: ([0-9a-f]{7,40})\s*$", text, re.M)
-    run["commit"] = commit and commit.group(1)
-    for key in ("setup", "device"):  # the summary's text lines, for the research record
-        found = re.findall(rf"^{key}:\s+(\S.*?)\s*$", text, re.M)
-        run[key] = found[-1] if found else None
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for key in ("timeout", "killed", "fail"):  # the Run line's and train.py's own verdicts
-        run[key] = next((l for l in lines if l.startswith(key.upper())), None)
-    trained = re.findall(r"trained: (\d+)s in (\d+)s wall", text)  # the status line: budget and wall so far
-    run["trained"] = tuple(float(x) for x in trained[-1]) if trained else None
-    run["ended"] = any(l.startswith("run ended") for l in lines)
-    run["traceback"] = "Traceback (most recent call last)" in text
-    run["oom"] = "out of memory" in text.lower()
-    errors = [l for l in lines if not l.startswith(("step ", "run ended", "commit: "))]
-    run["error"] = errors[-1][:200] if errors else ""
-    return run
-
-
 def crashed(run):
-    return run["val_bpb"] is None or bool(run["timeout"] or run["fail"])
+    """No val_bpb from the judge, a kill at the time limit, a diverged or failed train.py, or a
+    summary that misreports the judge's number: never a result."""
+    return run["val_bpb"] is None or bool(run["timeout"] or run["fail"] or run["mismatch"])
 
 
-def git_out(*args):
-    r = subprocess.run(["git", *args], capture_output=True, text=True)
-    return r.stdout.strip() if r.returncode == 0 else None
+def prepared(run):
+    """False when the cache has no prepared data (and the run says so): only the human can fix that."""
+    return os.path.exists(VAL_ROWS_FILE) or not (run["val_bpb"] is None and "uv run prepare.py" in run["error"])
 
 
 def state_file():
@@ -511,6 +381,12 @@ LOG_BASELINE_CRASH = "Log it as crash, description `baseline` (a crash never bec
 # What to do next, for each step of the rule (the presentation; decide() says which step).
 NEXT = {
     "no run": "there is no run.log: Run first.",
+    "refused": "Run did not start train.py (why: says what to do); do that, then Run.",
+    "no data": ("the cache has no prepared data, which only the human can provide: stop and tell the human "
+                "(don't run prepare.py yourself: it picks a setup and downloads)."),
+    "lost": "don't log it. Run again (same commit), then Decide.",
+    "mismatch": ("Log it as crash (never a result). Make train.py print evaluate_bpb's val_bpb unchanged, Amend, "
+                 "Run again."),
     "logged": ("this run.log is already logged in results.tsv: nothing to decide. Go on with the loop "
                "(after a keep the commit stays; after anything else Discard, if not done yet)."),
     "killed": ("don't log it. Run again, with your tool's timeout at 10 minutes (600000 ms), "
@@ -554,6 +430,12 @@ def decide(rows, run, head, state, changed=None):
          "pair": None, "why": "", "state": state, "head": head}
     if run is None or run["sha"] in state.get("logged", []):
         return {**d, "step": "no run" if run is None else "logged"}
+    if run["refused"]:
+        return {**d, "step": "refused", "why": run["refused"]}
+    if not prepared(run):
+        return {**d, "step": "no data", "why": f"no prepared data in {CACHE_DIR}"}
+    if run["lost"]:
+        return {**d, "decision": "rerun", "step": "lost", "why": f"the record of run {run['record']} is gone"}
     if run["killed"] and run["val_bpb"] is None:
         return {**d, "decision": "rerun", "step": "killed",
                 "why": f"the run was stopped from outside ({run['killed']}): not the code's fault"}
@@ -563,30 +445,29 @@ def decide(rows, run, head, state, changed=None):
     if why:
         state["spoiled"] = {"commit": head, "sha": run["sha"]}
         return {**d, "decision": "rerun", "step": "stretched", "why": why}
-    done = [r for r in rows if r["status"] != "crash"]
-    third = (len(done) == 2 and len(baseline_rows(rows)) == 2 and disagreeing(state)
-             and bool(head) and (head.startswith(done[1]["commit"]) or done[1]["commit"].startswith(head)))
+    runs = baseline_rows(rows)
+    in_baseline = not runs or (not experiments_begun(rows, runs) and same_commit(head, runs[0]["commit"])
+                               and (len(runs) < 2 or (len(runs) == 2 and disagreeing(state))))
     if crashed(run):
-        step = ("crash" if len(done) >= 2 else "baseline busy" if stretched(run) else
-                "baseline timeout" if run["timeout"] else "baseline crash")
-        return {**d, "decision": "crash", "step": step, "why": run["timeout"] or run["fail"] or (
+        step = ("mismatch" if run["mismatch"] else "crash" if not in_baseline else "baseline busy"
+                if stretched(run) else "baseline timeout" if run["timeout"] else "baseline crash")
+        return {**d, "decision": "crash", "step": step, "why": run["mismatch"] or run["timeout"] or run["fail"] or (
             "out of memory" if run["oom"] else run["error"] or "no val_bpb in run.log")}
     d["value"] = run["val_bpb"]
-    if len(done) >= 2:
+    if not in_baseline:
         base = baseline_of(rows)
         steps = bar_lowerings(rows, base["val_bpb"])
-        d.update(noise=base["noise"], best=steps[-1]["val_bpb"] if steps else base["val_bpb"],
-                 best_row=steps[-1] if steps else None)
+        d.update(noise=base["noise"] or NOISE_FLOOR, best=steps[-1]["val_bpb"] if steps else base["val_bpb"],
+                 best_row=steps[-1] if steps else None, noise_runs=base["runs"])
         kept = [r["commit"] for r in rows if r["status"] == "keep"]
-        last = kept[-1] if kept else None
-        if head and last and (head.startswith(last) or last.startswith(head)) and not third:
+        if kept and same_commit(head, kept[-1]):
             return {**d, "step": "no change"}
-    why = spoiled(run, head, state, paced=bool(done))  # the baseline's too: a starved run sets no bar
+    why = spoiled(run, head, state, paced=bool(runs))  # the baseline's too: a starved run sets no bar
     if why:
         state["spoiled"] = {"commit": head, "sha": run["sha"]}
         return {**d, "decision": "rerun", "step": "spoiled", "why": why}
-    if len(done) < 2 or third:
-        return {**d, **judge_baseline(done, run, state)}
+    if in_baseline:
+        return {**d, **judge_baseline(runs, run, state)}
     pending = state.get("pending") or {}
     if pending.get("commit") == head and pending.get("sha") != run["sha"]:
         d["pair"] = (pending["val_bpb"], run["val_bpb"])
@@ -601,18 +482,19 @@ def decide(rows, run, head, state, changed=None):
 def judge_baseline(done, run, state):
     """A baseline run: always kept. The second sets the bar (the mean of both) and the noise, unless
     the two disagree in steps: then a third run, and the two whose steps agree set them."""
-    pace = {run["sha"]: [run["num_steps"], run["mfu_percent"]]}  # a first run forgets any earlier baseline's
+    pace = {run["sha"]: [pace_of(run), run["mfu_percent"]]}  # a first run forgets any earlier baseline's
     state["baseline_runs"] = {**state.get("baseline_runs", {}), **pace} if done else pace
     if not done:
         return {"decision": "keep", "why": "baseline, run 1 of 2", "step": "baseline 1"}
     if len(done) == 1 and disagreeing(state):
         a, b = (x[0] for x in state["baseline_runs"].values())
         return {"decision": "keep", "step": "baseline disagree",
-                "why": f"baseline, run 2: {a:.0f} and {b:.0f} steps disagree by more than "
+                "why": f"baseline, run 2: {a:,.0f} and {b:,.0f} {pace_unit(run)} disagree by more than "
                        f"{BASELINE_AGREE:.0%}, so the machine was not the same for both: a third run"}
     pair = agreeing_pair(state) if len(done) == 2 else (1, 2)
     vals = [r["val_bpb"] for r in done] + [run["val_bpb"]]
-    rows = [{"status": "keep", "val_bpb": v, "commit": None, "description": ""} for v in vals]
+    rows = [{"status": "keep", "val_bpb": v, "commit": "baseline", "description": "", "index": i}
+            for i, v in enumerate(vals, 1)]
     base = baseline_of([rows[pair[0] - 1], rows[pair[1] - 1]])
     if len(done) == 1:
         return {"decision": "keep", "why": "baseline, run 2 of 2: the bar is the mean of both runs",
@@ -620,8 +502,18 @@ def judge_baseline(done, run, state):
     steps = [x[0] for x in state["baseline_runs"].values()]
     return {"decision": "keep", "step": "baseline 3", "best": base["val_bpb"], "noise": base["noise"],
             "baseline_pair": pair,
-            "why": f"baseline, run 3 ({', '.join(f'{s:.0f}' for s in steps)} steps): the bar is the mean of "
-                   f"runs {pair[0]} and {pair[1]}, whose steps agree best"}
+            "why": f"baseline, run 3 ({', '.join(f'{s:,.0f}' for s in steps)} {pace_unit(run)}): the bar is the mean of "
+                   f"runs {pair[0]} and {pair[1]}, whose paces agree best"}
+
+
+def pace_of(run):
+    """How much a run trained in its budget: the tokens the judge's dataloader served it (a run.log
+    from before run records: the steps train.py printed)."""
+    return run.get("train_tokens") or run["num_steps"]
+
+
+def pace_unit(run):
+    return "tokens trained" if run.get("train_tokens") else "steps"
 
 
 def step_gap(a, b):
@@ -654,10 +546,10 @@ def spoiled(run, head, state, paced=True):
                 f"the machine")
     own_clock = (run.get("device") or "").startswith("CPU")  # its budget counts its own compute: no pace rule
     ref = list((state.get("baseline_runs") or {}).values()) if paced and not own_clock else []
-    steps, mfu = [x[0] for x in ref if x[0]], [x[1] for x in ref if x[1]]
-    if (steps and run["num_steps"] is not None and run["num_steps"] < SPOILED * statistics.mean(steps)
+    paces, mfu, pace = [x[0] for x in ref if x[0]], [x[1] for x in ref if x[1]], pace_of(run)
+    if (paces and pace is not None and pace < SPOILED * statistics.mean(paces)
             and (not mfu or run["mfu_percent"] is None or run["mfu_percent"] < SPOILED * statistics.mean(mfu))):
-        return (f"spoiled: {run['num_steps']:.0f} steps against the baseline's {statistics.mean(steps):.0f} "
+        return (f"spoiled: {pace:,.0f} {pace_unit(run)} against the baseline's {statistics.mean(paces):,.0f} "
                 f"(and a lower MFU): something else slowed the machine")
     return None
 
@@ -702,8 +594,11 @@ def judge_gain(gain, noise, pair, changed):
 
 def loop_inputs(log):
     """The log, run.log, the commit run.log ran (its first line says; else HEAD), the state, and
-    train.py's line changes since the last kept commit."""
-    rows = read_log(log)[0] if os.path.exists(log) else []
+    train.py's line changes since the last kept commit. Raises ValueError (one line to print) for
+    a log that cannot be read unambiguously: the rule never decides from a guess at it."""
+    rows, problems = read_log(log) if os.path.exists(log) else ([], [])
+    if problems:
+        raise ValueError(problem_line(log, problems))
     run = read_run()
     head = (run and run["commit"]) or git_out("rev-parse", "--short=7", "HEAD")
     kept = [r["commit"] for r in rows if r["status"] == "keep"]
@@ -727,34 +622,52 @@ def show_decision(d, run):
         where = (f"commit {d['best_row']['commit']}" if d.get("best_row") else "the baseline's mean")
         print(f"best:     {d['best']:.6f} ({where})")
     if d["noise"] is not None:
-        print(f"noise:    {d['noise']:.6f}")
+        print(f"noise:    {d['noise']:.6f}" + (" (the floor: the baseline ran once)" if d.get("noise_runs") == 1 else ""))
     if d["gain"] is not None:
         print(f"gain:     {d['gain']:+.6f} (best - this run; above the noise keeps)")
     if d["decision"]:
-        print(f"decision: {d['decision']}\nwhy:      {d['why']}")
+        print(f"decision: {d['decision']}")
+    if d["why"]:
+        print(f"why:      {d['why']}")
     print(f"next:     {NEXT[d['step']]}")
 
 
 def cmd_decide(log):
-    rows, run, head, state, changed = loop_inputs(log)
+    try:
+        rows, run, head, state, changed = loop_inputs(log)
+    except ValueError as e:
+        return error(str(e))
     d = decide(rows, run, head, state, changed)
     show_decision(d, run)
     save_state(d["state"])
     return 0 if d["decision"] else 1
 
 
-def cmd_log(log, status, description):
-    status = status.strip().lower()
+def cmd_run(log):
+    """program.md's Run: train.py once under the harness's watchdog (harness/run.py), refused where
+    the judge differs from the baseline's commit (the log's first row)."""
+    rows = read_log(log)[0] if os.path.exists(log) else []
+    runs = baseline_rows(rows)
+    return harness.run.run(baseline_commit=(runs or rows or [{"commit": None}])[0]["commit"])
+
+
+def cmd_log(log, typed, description):
+    status = typed.strip().lower()
     if status == "rerun":
         return error("a rerun is not logged: Run again, then Decide")
     if status not in STATUSES:
-        return error(f"status {status!r} is not keep, discard or crash")
+        return error(f"status {typed.strip()!r} is not keep, discard or crash")
     description = " ".join(description.replace("\t", " ").split()) or "(no description)"
-    rows, run, head, state, changed = loop_inputs(log)
+    try:
+        rows, run, head, state, changed = loop_inputs(log)
+    except ValueError as e:
+        return error(f"nothing logged: {e}")
     d = decide(rows, run, head, state, changed)
-    if d["step"] in ("no run", "logged"):
-        return error("there is no run.log to log: Run first" if run is None else
-                     "this run.log is already logged in results.tsv: go on with the loop")
+    if d["step"] in ("no run", "logged", "refused", "no data"):
+        return error({"no run": "there is no run.log to log: Run first",
+                      "logged": "this run.log is already logged in results.tsv: go on with the loop",
+                      "refused": f"Run did not start train.py: {d['why']}",
+                      "no data": f"{d['why']}: stop and tell the human"}[d["step"]])
     if d["decision"] == "rerun":  # killed, spoiled or stretched runs included: no row, whatever was typed
         return error(f"Decide says rerun for this run.log ({d['why']}): don't log it; Run again, then Decide")
     if not crashed(run) and status != d["decision"]:  # the row says what the rule decided, nothing else
@@ -762,21 +675,17 @@ def cmd_log(log, status, description):
                      f"Log it as {d['decision']}" if d["decision"] else f"nothing to log: {NEXT[d['step']]}")
     if crashed(run) or status == "crash":
         if status != "crash":
-            print(f"note: run.log has no val_bpb ({d['why'] or 'crash'}): logged as crash, not {status}")
+            print(f"note: this run is a crash ({d['why'] or 'no val_bpb'}): logged as crash, not {status}")
         status, value, memory = "crash", 0.0, 0.0
     else:
-        value = d["value"] if d["value"] is not None else run["val_bpb"]
+        value = round(d["value"] if d["value"] is not None else run["val_bpb"], 6)  # as results.tsv holds it
         memory = (run["peak_vram_mb"] or 0.0) / 1024
         if d["pair"]:
             description += f" (mean of 2 runs: {d['pair'][0]:.6f} {d['pair'][1]:.6f})"
         if d.get("baseline_pair"):  # baseline_of reads the bar's two runs from here
             description = "baseline run 3 (the bar: runs {} and {})".format(*d["baseline_pair"])
-    if not os.path.exists(log) or os.path.getsize(log) == 0:
-        write_atomically(log, "\t".join(HEADER) + "\n")
-    row = f"{head}\t{value:.6f}\t{memory:.1f}\t{status}\t{description}"
-    with open(log, "a") as f:
-        f.write(row + "\n")
-    print(row)
+    print(append_row(log, {"commit": head, "val_bpb": value, "memory_gb": memory, "status": status,
+                            "description": description}))
     state = load_state()
     if d["step"] in ("baseline 1", "baseline 2", "baseline disagree", "baseline 3"):
         state["baseline_runs"] = d["state"]["baseline_runs"]
@@ -937,28 +846,29 @@ def fleet_lines(entries):
 # ---------------------------------------------------------------------------
 # Confirm: were the night's gains real? Scored on the test split, which the loop never sees.
 
-CONFIRM_TIMEOUT = 540  # seconds, as program.md's Run
-JUDGE_FILES = ("prepare.py", "machinery.py")  # machinery.py: what the new prepare.py imports
-
-
 def confirmation_run(worktree, log_path):
-    """train.py once in confirmation mode: ({val_bpb, test_bpb, num_steps}, None) or (None, why).
-    It runs on this interpreter, the project's environment that `uv run analysis.py` set up, so
-    the temporary worktree needs no environment of its own."""
+    """train.py once in confirmation mode: ({val_bpb, test_bpb, num_steps}, None) or (None, why),
+    the numbers from the judge's record of the run. It runs on this interpreter, the project's
+    environment that `uv run analysis.py` set up, so the temporary worktree needs none of its own."""
+    run_dir = log_path + ".record"
+    os.makedirs(run_dir, exist_ok=True)
+    env = dict(os.environ, AUTORESEARCH_CONFIRM="1", **{harness.runrecord.RUN_DIR_ENV: run_dir})
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "train.py"], cwd=worktree, stdout=log, stderr=subprocess.STDOUT,
-                                env=dict(os.environ, AUTORESEARCH_CONFIRM="1"), start_new_session=True)
+                                env=env, start_new_session=True)
         try:
-            proc.wait(timeout=CONFIRM_TIMEOUT)
+            proc.wait(timeout=TIMEOUT)
         except subprocess.TimeoutExpired:
-            return None, f"TIMEOUT after {CONFIRM_TIMEOUT} s"
+            return None, f"TIMEOUT after {TIMEOUT} s"
         finally:
             if proc.poll() is None:  # timed out, or interrupted: end train.py and its compile workers
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
     text = open(log_path, errors="replace").read().replace("\r", "\n")
-    figures = run_summary(text, ("val_bpb", "test_bpb", "num_steps"))
-    if None in figures.values():
+    judge = harness.runrecord.read_parts(run_dir).get("judge") or {}
+    figures = {"val_bpb": judge.get("val_bpb"), "test_bpb": judge.get("test_bpb"),
+               "num_steps": run_summary(text, ("num_steps",))["num_steps"]}
+    if proc.returncode != 0 or figures["val_bpb"] is None or figures["test_bpb"] is None:
         last = [line for line in text.splitlines() if line.strip() and not line.startswith("step ")]
         return None, f"crash, exit {proc.returncode}: {last[-1][:150] if last else 'no output'}"
     return figures, None
@@ -998,13 +908,17 @@ def confirmation_path(beside):
 
 
 def add_worktree(path, commit):
-    """A temporary checkout of `commit`, judged by this checkout's prepare.py (and the machinery.py
-    it imports, where there is one: old commits have neither the test split's scoring nor it)."""
+    """A temporary checkout of `commit`, judged by this checkout's judge: its JUDGE_FILES, and the
+    harness and machinery.py they import (old commits have neither the test split's scoring nor
+    the run record; their train.py imports machinery.py, whose budget_clock is now harness's)."""
     subprocess.run(["git", "worktree", "add", "--quiet", "--detach", path, commit], check=True, capture_output=True)
     here = os.path.dirname(os.path.abspath(__file__))
-    for name in JUDGE_FILES:
+    for name in JUDGE_FILES + ("machinery.py",):
         if os.path.exists(os.path.join(here, name)):
-            shutil.copy(os.path.join(here, name), path)
+            os.makedirs(os.path.dirname(os.path.join(path, name)), exist_ok=True)
+            shutil.copy(os.path.join(here, name), os.path.join(path, name))
+    shutil.copytree(os.path.join(here, "harness"), os.path.join(path, "harness"), dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
 
 
 def confirm_runs(targets, n_runs, tmp, say):
@@ -1069,6 +983,7 @@ def main(argv=None):
                     help="the log(s) (default: results.tsv and every worktrees/*/results.tsv)")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     ap.add_argument("--no-png", action="store_true", help="don't write progress.png")
+    ap.add_argument("--run", action="store_true", help="program.md's Run: train.py once, under the watchdog")
     ap.add_argument("--decide", action="store_true", help="program.md's Decide: judge run.log")
     ap.add_argument("--log", metavar="STATUS", help="program.md's Log: append run.log's row (description on stdin)")
     ap.add_argument("--confirm", action="store_true", help="retrain the baseline and the best, score the test split")
@@ -1081,6 +996,8 @@ def main(argv=None):
         return cmd_confirm(log, max(1, args.runs), args.json)
     if args.log:
         return cmd_log(log, args.log, sys.stdin.read())
+    if args.run:
+        return cmd_run(log)
     if args.decide:
         return cmd_decide(log)
     if args.board:

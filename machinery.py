@@ -1,12 +1,12 @@
 """
-The machinery around the judge: where the cache lives and how it is claimed, downloads, packing a
-local corpus, and the hardware helpers (the device, its process settings, the peaks that MFU is
-read against). prepare.py imports it, never the other way round, and train.py takes the hardware
-helpers from it.
+The machinery around the judge: downloads, packing a local corpus, and the hardware helpers (the
+device, its process settings, the peaks that MFU is read against). prepare.py imports it, never the
+other way round, and train.py takes the hardware helpers from it.
 
 None of this decides what val_bpb measures: the data is frozen in the cache once prepared, and
-prepare.py alone defines the tokenizer, the evaluation rows and the metric. That is why Check the
-judge compares prepare.py, not this file, and why a new GPU in a peak table changes no judge.
+prepare.py alone defines the tokenizer, the evaluation rows and the metric. That is why the judge's
+identity (harness.JUDGE_FILES) leaves this file out, and why a new GPU in a peak table changes no
+judge. The cache's layout (harness/cache.py) and the budget clock (harness/clock.py) are the judge's.
 """
 
 import codecs
@@ -32,20 +32,15 @@ import pyarrow.parquet as pq
 import requests
 import torch
 
-# ---------------------------------------------------------------------------
-# Where things live
+# The budget clock is the judge's (harness/clock.py); budget_clock stays importable from here for
+# train.py commits made before it moved (2026-12-04), which Confirm still runs. Remove once no night needs them.
+from harness.clock import budget_clock, run_queue_delays  # noqa: F401
 
-CACHE_DIR = os.environ.get("AUTORESEARCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "autoresearch")
-DATA_DIR = os.path.join(CACHE_DIR, "data")
-TOKENIZER_DIR = os.path.join(CACHE_DIR, "tokenizer")
-SETUP_FILE = os.path.join(CACHE_DIR, "setup.json")
-VAL_ROWS_FILE = os.path.join(CACHE_DIR, "val_rows.npy")
-# The test split: documents that neither training nor validation ever see, and rows packed from
-# them like the validation rows; only `uv run analysis.py --confirm` scores them.
-TEST_SHARD = os.path.join(DATA_DIR, "test.parquet")
-TEST_ROWS_FILE = os.path.join(CACHE_DIR, "test_rows.npy")
-PEAK_FLOPS_FILE = os.path.join(CACHE_DIR, "peak_flops.json")  # CPU matmul peaks, measured once per machine
-ISA_CHECKS_FILE = os.path.join(CACHE_DIR, "isa_checks.json")  # the compiler's vector ISA checks, passed once per machine
+# The cache's layout and its claim are the judge's (harness/cache.py)
+from harness.cache import (CACHE_DIR, DATA_DIR, ISA_CHECKS_FILE, PEAK_FLOPS_FILE, SETUP_FILE,  # noqa: F401
+                           TEST_ROWS_FILE, TEST_SHARD, TOKENIZER_DIR, VAL_ROWS_FILE, PrepareError, atomic_path,
+                           cache_lock, claim_cache, default_setup_name, has_data, holds_prepared_files,
+                           read_json, read_recorded_setup, scratch_dir, write_json_atomically)
 
 # Hugging Face honours HF_ENDPOINT for mirrors; so do we (tests point it at a local server).
 HF_ENDPOINT = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
@@ -63,67 +58,6 @@ MIN_CHARS_PER_TOKEN = 100  # a corpus needs about this many characters per vocab
 DOC_CHARS = 10_000         # --data: longer .txt/.md files are split into documents at paragraph breaks
 SHARD_CHARS = 100_000_000  # --data: characters per packed shard
 ROW_GROUP_SIZE = 1024      # documents per parquet row group, as in the published shards
-
-
-class PrepareError(Exception):
-    """An expected failure: printed as one line, with what to do next."""
-
-
-# ---------------------------------------------------------------------------
-# Files in the cache: written whole or not at all
-
-def read_recorded_setup():
-    """The setup recorded in the cache, or None when prepare has not run here."""
-    try:
-        with open(SETUP_FILE) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        sys.exit(f"error: {SETUP_FILE} is unreadable; delete {CACHE_DIR} and run `uv run prepare.py` again")
-
-
-def default_setup_name():
-    return "full" if torch.cuda.is_available() else "small"
-
-
-@contextmanager
-def scratch_dir(path):
-    """A fresh temporary folder, removed however the block ends: a full disk gets its space back."""
-    shutil.rmtree(path, ignore_errors=True)  # left by a killed run
-    os.makedirs(path)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@contextmanager
-def atomic_path(path):
-    """A temporary name beside path to write to; it replaces path only if the block completes, so
-    an interruption or a full disk never leaves a half-written file under the real name."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_json_atomically(path, obj):
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-
-
-def read_json(path):
-    """A dict kept in the cache, or {} where there is none, it is unreadable or of another making."""
-    try:
-        with open(path) as f:
-            kept = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return kept if isinstance(kept, dict) else {}
 
 
 # ---------------------------------------------------------------------------
@@ -361,7 +295,7 @@ def local_documents(files):
 def pack_local_corpus(path, setup, constants):
     """Pack a local corpus into shuffled shards plus a validation shard spread evenly over it."""
     files = local_files(path)
-    print(f"data: packing {len(files)} files from {path}")
+    print(f"data: packing {len(files)} file{'s' * (len(files) != 1)} from {path}")
     n_docs = total_chars = 0
     for doc in local_documents(files):
         n_docs += 1
@@ -409,57 +343,6 @@ def pack_local_corpus(path, setup, constants):
         publish_shards(shuffled_buckets(bucket_paths), val, test)
     print(f"  {n_docs:,} documents, {total_chars / 1e6:.1f}M characters: "
           f"{n_train_shards} training shard(s), {len(val):,} documents pinned for validation and {len(test):,} for test")
-
-
-# ---------------------------------------------------------------------------
-# The cache: one setup and one source per cache, one prepare at a time
-
-def has_data():
-    return os.path.isdir(DATA_DIR) and any(f.startswith("shard_") for f in os.listdir(DATA_DIR))
-
-
-def holds_prepared_files():
-    return has_data() or os.path.exists(TOKENIZER_DIR) or os.path.exists(VAL_ROWS_FILE)
-
-
-@contextmanager
-def cache_lock():
-    """One prepare at a time on a cache: a second one waits, then finds the first one's work done."""
-    os.makedirs(CACHE_DIR, exist_ok=True)
-    with open(os.path.join(CACHE_DIR, ".prepare.lock"), "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"waiting: another prepare is running on {CACHE_DIR}", flush=True)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock, also when the process dies
-
-
-def claim_cache(setup, source, setups):
-    """(setup, source, constants) of this cache: the recorded ones, or for a new cache the ones asked
-    for (constants from `setups`, prepare.py's table), recorded before anything else is written so
-    that nothing of another setup mixes in."""
-    recorded = read_recorded_setup()
-    if recorded and not holds_prepared_files():  # claimed by a prepare that got nothing (no network)
-        recorded = None
-        shutil.rmtree(DATA_DIR, ignore_errors=True)
-    if recorded:
-        if (setup or recorded["setup"], source or recorded["source"]) != (recorded["setup"], recorded["source"]):
-            raise PrepareError(f"{CACHE_DIR} already holds the {recorded['setup']} setup of {recorded['source']}; "
-                               f"prepare {setup or recorded['setup']} of {source or recorded['source']} in another "
-                               f"cache: AUTORESEARCH_CACHE=<new folder> uv run prepare.py ...")
-        return recorded["setup"], recorded["source"], recorded["constants"]
-    if holds_prepared_files():
-        raise PrepareError(f"{CACHE_DIR} holds prepared files but no record of their setup ({SETUP_FILE}); "
-                           f"move them away, or prepare in another cache: AUTORESEARCH_CACHE=<new folder>")
-    source = source or "fineweb-edu"
-    if setup is None:
-        setup = default_setup_name()
-        why = "a CUDA GPU is present" if setup == "full" else "no CUDA GPU found"
-        print(f"setup: {setup.upper()} ({why}; --setup NAME chooses another of {', '.join(setups)})")
-    constants = setups[setup]
-    write_json_atomically(SETUP_FILE, dict(setup=setup, source=source, constants=constants))
-    return setup, source, constants
 
 
 def get_data(source, setup, constants, num_shards, workers):
@@ -567,59 +450,6 @@ def synchronize(device):
         torch.cuda.synchronize()
     elif device.type == "mps":
         torch.mps.synchronize()
-
-
-def run_queue_delays(tasks="/proc/self/task"):
-    """{thread id: seconds it has spent runnable but waiting for a CPU}, for each of this process's
-    threads, from the Linux scheduler's own accounting (schedstat's second field, in ns); None
-    where there is none (macOS; Linux kernels built without CONFIG_SCHED_INFO)."""
-    delays = {}
-    try:
-        names = os.listdir(tasks)
-    except OSError:
-        return None
-    for tid in names:
-        try:
-            with open(os.path.join(tasks, tid, "schedstat")) as f:
-                delays[tid] = int(f.read().split()[1]) / 1e9
-        except (OSError, IndexError, ValueError):  # a thread that just ended
-            pass
-    return delays or None
-
-
-def budget_clock(device, read_delays=run_queue_delays):
-    """The clock the training budget runs on (a function giving seconds), and one line saying what
-    it counts.
-
-    On CUDA and MPS: the wall clock; the device is the run's alone, as in the reference. On a CPU
-    the cores are shared (a browser, a test suite, a second agent), and on the wall clock every
-    second the scheduler gives a neighbour is a second of budget lost: beside one busy process a
-    run fitted half its steps. So there it is the wall clock less the time this run waited for a
-    CPU: in each interval between two readings (a training step), the longest wait of any one of
-    its threads on a run queue. Threads in an OpenMP region meet at a barrier, so the region
-    stretches by its slowest thread's wait; summing the threads' waits would count waits that
-    overlap more than once. On a quiet machine nothing waits and this is the wall clock.
-    What it cannot see: a neighbour's cost to a thread while it runs (shared caches and memory
-    bandwidth, a hyperthread sibling, a hypervisor's steal), and a thread spinning at a barrier
-    for a partner that waits (counted as running): train.py keeps OpenMP's spin short for that.
-    Where the kernel keeps no run-queue accounting (macOS) it is the process's CPU time per
-    thread: fair under load only in part, and a little slow on a quiet machine."""
-    if device.type != "cpu":
-        return time.time, "wall clock (the device is this run's alone)"
-    seen = read_delays()
-    if seen is None:
-        threads = torch.get_num_threads()
-        return (lambda: time.process_time() / threads), (
-            f"process CPU time / {threads} threads (no run-queue accounting on this system)")
-    waited = 0.0
-
-    def clock():
-        nonlocal waited
-        now, delays = time.time(), read_delays() or {}
-        waited += max([d - seen.get(tid, d) for tid, d in delays.items()], default=0.0)
-        seen.update(delays)
-        return now - waited
-    return clock, "wall clock less the time this run's threads waited for a CPU (Linux schedstat)"
 
 
 def load_flash_attention_3(device):

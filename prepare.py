@@ -7,11 +7,13 @@ The judge: what val_bpb means, read top to bottom. The agent never edits this fi
 Once, it gets the data (machinery.py downloads or packs it), trains the tokenizer, freezes the
 validation and test rows and records the setup in the cache, so that every experiment against one
 cache is measured the same way. At run time train.py imports the setup's constants (MAX_SEQ_LEN,
-TIME_BUDGET, EVAL_TOKENS, SETUP), Tokenizer, make_dataloader and evaluate_bpb from here.
+TIME_BUDGET, EVAL_TOKENS, SETUP), Tokenizer, make_dataloader and evaluate_bpb from here, and
+evaluate_bpb reports its number to the run record itself (harness/runrecord.py), which is what
+Decide and Log read: train.py's own print of it is for humans.
 
-In order: the setups, the tokenizer, the dataloader, the fixed metric, the command line. Everything
-that is machinery rather than the metric (the cache's layout and lock, downloads, local corpora,
-the device and its peaks) is in machinery.py, which imports nothing from here.
+In order: the setups, the tokenizer, the dataloader, the fixed metric, the command line. The
+cache's layout and lock are in harness/cache.py (the judge's too); downloads, local corpora, the
+device and its peaks are in machinery.py, which imports nothing from here.
 """
 
 import argparse
@@ -30,10 +32,13 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from machinery import (CACHE_DIR, DATA_DIR, DATASETS, MIN_CHARS_PER_TOKEN, ROW_GROUP_SIZE, TEST_ROWS_FILE,
-                       TEST_SHARD, TOKENIZER_DIR, VAL_ROWS_FILE, PrepareError, atomic_path,
-                       cache_lock, claim_cache, default_device, default_setup_name, get_data,
-                       read_recorded_setup, write_json_atomically)
+from harness import runrecord
+from harness.cache import (CACHE_DIR, DATA_DIR, TEST_ROWS_FILE, TEST_SHARD, TOKENIZER_DIR, VAL_ROWS_FILE, PrepareError,
+                           atomic_path, cache_lock, claim_cache, default_setup_name, read_recorded_setup,
+                           write_json_atomically)
+from harness.clock import SPAN
+# Not the judge's: where the shards come from, and the device's name and memory peak for the record
+from machinery import DATASETS, MIN_CHARS_PER_TOKEN, ROW_GROUP_SIZE, default_device, get_data
 # Compatibility: train.py commits made before machinery.py existed import these hardware helpers
 # from here, and `analysis.py --confirm` still runs such commits. Remove once no night needs them.
 from machinery import (bf16_is_native, device_name, load_flash_attention_3, peak_flops_of,  # noqa: F401
@@ -233,6 +238,9 @@ def packed_rows(batches, bos, T):
         yield row, epoch
 
 
+SERVED = {"train_tokens": 0}
+
+
 def make_dataloader(tokenizer, B, T, split, device=None):
     """Forever: (inputs, targets, epoch), contiguous int64 tensors of shape (B, T) on the device.
     Targets are the inputs shifted by one."""
@@ -243,6 +251,8 @@ def make_dataloader(tokenizer, B, T, split, device=None):
     while True:
         for b in range(B):
             batch[b], epoch = next(rows)
+        if split == "train":
+            SERVED["train_tokens"] += B * T  # the run record's count of what training consumed
         pair = torch.from_numpy(np.stack([batch[:, :-1], batch[:, 1:]]))  # one copy: both contiguous
         if device.type == "cuda":  # pinned memory copies asynchronously; it needs a GPU
             pair = pair.pin_memory().to(device, non_blocking=True)
@@ -279,26 +289,36 @@ def evaluate_bpb(model, tokenizer, batch_size):
     speed. In confirmation mode (AUTORESEARCH_CONFIRM=1, set by `uv run analysis.py --confirm`) the
     test rows are scored the same way and printed as test_bpb."""
     require_prepared()
-    val_bpb = bits_per_byte(model, tokenizer, np.load(VAL_ROWS_FILE, allow_pickle=False), batch_size, check=True)
+    clock = dict(SPAN)  # training has ended: the budget clock's span is final
+    val_bpb, tokens, nbytes = bits_per_byte(model, tokenizer, np.load(VAL_ROWS_FILE, allow_pickle=False), batch_size,
+                                            check=True)
     if not math.isfinite(val_bpb):
         sys.exit("error: val_bpb is not a number: the model's logits are not finite (the run diverged)")
+    result = {"val_bpb": val_bpb, "tokens": tokens, "bytes": nbytes, "setup": SETUP, "clock": clock, **SERVED}
     if CONFIRM:
         if not os.path.exists(TEST_ROWS_FILE):  # compatibility: a cache from before test splits
             sys.exit(f"error: {CACHE_DIR} has no test split to confirm on; prepare a new cache (AUTORESEARCH_CACHE=<new folder>)")
-        test_bpb = bits_per_byte(model, tokenizer, np.load(TEST_ROWS_FILE, allow_pickle=False), batch_size)
-        print(f"test_bpb:         {test_bpb:.6f}")
+        result["test_bpb"] = bits_per_byte(model, tokenizer, np.load(TEST_ROWS_FILE, allow_pickle=False), batch_size)[0]
+        print(f"test_bpb:         {result['test_bpb']:.6f}")
+    record_result(result, next(model.parameters()).device)
     return val_bpb
 
 
+def record_result(result, device):
+    """The judge's own report of its number, into the run record Decide and Log read (harness/run.py):
+    what train.py prints afterwards cannot change it."""
+    runrecord.note("judge", {**result, "device": device_name(device), "peak_memory_mb": peak_memory_mb(device)})
+
+
 def bits_per_byte(model, tokenizer, rows, batch_size, check=False):
-    """The summed cross-entropy (nats) of every target in `rows` that is not a special token, over
-    ln 2 times their summed byte lengths (tokenizer.token_bytes: exact, 0 for specials). The judge
+    """(bits per byte, tokens scored, bytes scored): the summed cross-entropy (nats) of every target
+    in `rows` that is not a special token, over ln 2 times their summed byte lengths (tokenizer.token_bytes: exact, 0 for specials). The judge
     computes the cross-entropy itself from the logits `model(x)` returns for the inputs alone, so no
     code in train.py decides what is scored, and with `check` it tests once that they are causal.
     The last batch is padded with ignored targets so that a compiled model sees one shape."""
     device = next(model.parameters()).device
     token_bytes = torch.from_numpy(tokenizer.token_bytes).to(device)
-    nats, nbytes = 0.0, 0  # summed in Python's double precision (MPS has no float64)
+    nats, nbytes, tokens = 0.0, 0, 0  # summed in Python's double precision (MPS has no float64)
     for start in range(0, len(rows), batch_size):
         chunk = torch.from_numpy(rows[start:start + batch_size].astype(np.int64))
         x, y = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()  # as training's: no recompile
@@ -311,9 +331,10 @@ def bits_per_byte(model, tokenizer, rows, batch_size, check=False):
         counted = token_bytes[y.clamp(min=0)] * (y >= 0)  # bytes per target: 0 for specials and padding
         nats += summed_cross_entropy(logits, y, counted > 0)
         nbytes += counted.sum().item()
+        tokens += (counted > 0).sum().item()
         if check and start == 0:
             check_causal(model, x, logits)
-    return nats / (math.log(2) * nbytes)
+    return nats / (math.log(2) * nbytes), tokens, nbytes
 
 
 def model_logits(model, x, vocab_size):

@@ -6,9 +6,11 @@ Each record is one commit made with plumbing (no checkout, no index): its first 
 previous log commit, its second parent the experiment's commit (so a discarded commit stays
 reachable, survives gc and travels with the log), and its tree is `log.jsonl`, the whole log.
 Everything read from another agent or the hub is untrusted and validated line by line.
-Standard library only: analysis.py imports this and must stay torch-free and fast.
+Standard library only: analysis.py imports this and must stay torch-free and fast. Not part of
+the judge: it records and shares results, and decides none.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -17,9 +19,11 @@ import signal
 import subprocess
 import time
 
+from harness import JUDGE_FILES
+from harness.results import bar_lowerings, baseline_of, best_of
+
 STATUSES = ("keep", "discard", "crash")
 LOCAL, HUB = "refs/heads/autoresearch-log/", "refs/remotes/hub/autoresearch-log/"
-JUDGED_FILES = ("prepare.py", "analysis.py", "pyproject.toml")
 MAX_LOG_BYTES = 4 << 20     # a hub log bigger than this is skipped unread
 MAX_LINE_BYTES = 4096       # an honest entry is ~400 bytes
 MAX_DESCRIPTION = 500
@@ -45,13 +49,14 @@ def agent_tag(repo="."):
 
 
 def judge_identity(repo="."):
-    """What judges a result: the blob hashes of the judge's files as they are in the work tree,
-    e.g. "prepare.py:ab12cd3 analysis.py:ef45678 pyproject.toml:-" (- for a missing file)."""
+    """What judges a result: one digest of the blob hashes of the judge's files (harness.JUDGE_FILES)
+    as they are in the work tree, a missing file counted as such, e.g. "judge 3f9a1c0b2d4e"."""
     top = git(repo, "rev-parse", "--show-toplevel").decode().strip()
-    present = [f for f in JUDGED_FILES if os.path.isfile(os.path.join(top, f))]
+    present = [f for f in JUDGE_FILES if os.path.isfile(os.path.join(top, f))]
     hashes = git(top, "hash-object", "--", *present).decode().split() if present else []
     found = dict(zip(present, hashes))
-    return " ".join(f"{f}:{found.get(f, '-')[:7]}" for f in JUDGED_FILES)
+    listing = "\n".join(f"{f} {found.get(f, '-')}" for f in JUDGE_FILES)
+    return "judge " + hashlib.sha1(listing.encode()).hexdigest()[:12]
 
 
 def identity_env(repo):
@@ -266,36 +271,63 @@ def read_record(repo=".", own=None):
 
 def board(entries, judge, setup, device, recent=10):
     """The board as a dict (what `--board --json` prints). Only results of the same judge compete:
-    `best` has one entry per setup and device among them; `comparable` also needs your setup
-    and device. Others are listed with comparable false and never ranked."""
+    `best` has one entry per setup and device among them, each agent's best by Decide's own
+    definition (harness/results.py: the baseline's mean, then the kept runs that lowered it);
+    `comparable` also needs your setup and device. Others are listed with comparable false and
+    never ranked. An agent's baseline runs are not experiments."""
     keys = ("commit", "val_bpb", "status", "description", "agent", "setup", "device", "judge", "time")
     experiments = [dict({k: e[k] for k in keys}, comparable=(e["judge"], e["setup"], e["device"]) ==
                         (judge, setup, device)) for e in sorted(entries, key=lambda e: (e["time"], e["agent"]))]
-    best = {}
-    for e in experiments:
-        where = (e["setup"], e["device"])
-        if e["judge"] == judge and e["status"] == "keep" and (where not in best or e["val_bpb"] < best[where]["val_bpb"]):
-            best[where] = e
-    agents = {}
-    for e in experiments:
-        a = agents.setdefault(e["agent"], {"experiments": 0, "keeps": 0, "crashes": 0, "first": None,
-                                           "best": None, "best_commit": None, "improvements": 0})
-        a["experiments"] += 1
-        a["crashes"] += e["status"] == "crash"
-        if e["status"] != "keep":
-            continue
-        a["keeps"] += 1
-        if a["first"] is None:
-            a["first"] = e["val_bpb"]
-        if a["best"] is None or e["val_bpb"] < a["best"]:
-            a["improvements"] += a["best"] is not None
-            a["best"], a["best_commit"] = e["val_bpb"], e["commit"]
-    short = ("commit", "val_bpb", "agent", "description", "setup", "device")
+    best, agents = {}, {}
+    for (agent, where), rows in series(experiments, judge).items():
+        top = best_of(rows)
+        if top and (where not in best or top["val_bpb"] < best[where]["val_bpb"]):
+            first = rows[baseline_of(rows)["indices"][0] - 1]
+            best[where] = {"commit": top.get("full_commit") or first["full_commit"], "val_bpb": top["val_bpb"],
+                           "agent": agent, "description": top["description"], "setup": where[0], "device": where[1]}
+    for agent in sorted({e["agent"] for e in experiments}):
+        agents[agent] = progress([row(e, i) for i, e in enumerate(
+            (e for e in experiments if e["agent"] == agent), 1)])
     return {"judge": judge, "setup": setup, "device": device, "experiments": experiments,
-            "best": [{k: e[k] for k in short} for e in sorted(best.values(), key=lambda e: e["val_bpb"])],
-            "agents": agents, "recent": experiments[-recent:],
-            "comparable": sum(e["comparable"] for e in experiments),
+            "best": sorted(best.values(), key=lambda e: e["val_bpb"]), "agents": agents,
+            "recent": experiments[-recent:], "comparable": sum(e["comparable"] for e in experiments),
             "other_judge": sum(e["judge"] != judge for e in experiments)}
+
+
+def row(entry, index):
+    """An entry in the shape of results.tsv's rows (harness/results.py)."""
+    return {**entry, "full_commit": entry["commit"], "commit": entry["commit"][:7], "index": index}
+
+
+def series(experiments, judge):
+    """{(agent, (setup, device)): rows} of the results judged by `judge`, crashes included (they
+    may carry no setup or device: each joins its agent's series before it)."""
+    out, last = {}, {}
+    for e in experiments:
+        if e["judge"] != judge:
+            continue
+        own = (e["setup"], e["device"])
+        where = last.setdefault(e["agent"], own) if e["status"] == "crash" else own
+        last[e["agent"]] = where
+        rows = out.setdefault((e["agent"], where), [])
+        rows.append(row(e, len(rows) + 1))
+    return out
+
+
+def progress(rows):
+    """One agent's line of the board: its baseline, its best, and its experiments (the rows after
+    the baseline's runs) kept, crashed and tried."""
+    base = baseline_of(rows)
+    done = [r for r in rows if not base or r["index"] > base["indices"][-1]]
+    top = best_of(rows)
+    return {"experiments": len(done), "keeps": sum(r["status"] == "keep" for r in done),
+            "crashes": sum(r["status"] == "crash" for r in done), "first": base and base["val_bpb"],
+            "best": top and top["val_bpb"], "best_commit": top and (top.get("full_commit") or top["commit"]),
+            "improvements": len(bar_lowerings(rows, base["val_bpb"])) if base else 0}
+
+
+def plural(n, noun):
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 AGENT_LINES = 6
@@ -305,14 +337,15 @@ OUTCOME = {"keep": "kept", "discard": "discarded", "crash": "crashed"}
 def format_board(b, limit=10):
     """The compact text an agent reads every loop: best per setup+device, each agent's progress
     (the best few agents), the last `limit` ideas tried by everyone, what is comparable."""
-    lines = [f"board: {len(b['experiments'])} experiments by {len(b['agents'])} agents"]
+    tried = sum(a["experiments"] for a in b["agents"].values())
+    lines = [f"board: {plural(tried, 'experiment')} by {plural(len(b['agents']), 'agent')}"]
     for e in b["best"]:
         lines.append(f"  best {e['setup'] or '-'} on {e['device'] or '-'}: {e['val_bpb']:.6f} by {e['agent']} "
                      f"{e['commit'][:7]} {e['description'][:60]}")
     ranked = sorted(b["agents"].items(), key=lambda kv: (kv[1]["best"] is None, kv[1]["best"] or 0, kv[0]))
-    lines.append("agents (first kept -> best kept, kept/tried):")
+    lines.append("agents (baseline -> best, experiments kept/tried):")
     for tag, a in ranked[:AGENT_LINES]:
-        moved = f"{a['first']:.4f} -> {a['best']:.4f}" if a["best"] is not None else "no kept result"
+        moved = f"{a['first']:.4f} -> {a['best']:.4f}" if a["best"] is not None else "no completed run"
         lines.append(f"  {tag}: {moved}, {a['keeps']}/{a['experiments']} kept, {a['crashes']} crashed")
     if len(ranked) > AGENT_LINES:
         lines.append(f"  ... and {len(ranked) - AGENT_LINES} more agents (--json lists them all)")

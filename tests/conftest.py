@@ -20,7 +20,7 @@ def load_prepare(monkeypatch, cache):
     for this cache. Returns prepare; `import machinery` after this gets the fresh machinery."""
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(cache))
     monkeypatch.syspath_prepend(ROOT)
-    for name in ("prepare", "machinery"):
+    for name in ("prepare", "machinery", "harness.cache"):
         sys.modules.pop(name, None)
     import prepare
     return prepare

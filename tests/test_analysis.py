@@ -11,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import analysis  # noqa: E402
+from harness.run import empty_run  # noqa: E402
 
 HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
 ROWS = [
@@ -140,7 +141,7 @@ def test_only_crashes(tmp_path, capsys):
     assert data["baseline"] is None and data["improvement"] is None
 
 
-def test_malformed_rows_warned_and_skipped(tmp_path, capsys):
+def test_malformed_rows_are_skipped_by_the_summary_in_one_warning_line(tmp_path, capsys):
     bad = ("garbage line without tabs\n"                           # line 10
            "ggggggg\tnot-a-number\t44.0\tdiscard\tbad value\n"     # line 11
            "hhhhhhh\t0.950000\t44.0\tmaybe\tbad status\n"          # line 12
@@ -151,9 +152,8 @@ def test_malformed_rows_warned_and_skipped(tmp_path, capsys):
     assert run(path, "--json", "--no-png") == 0
     captured = capsys.readouterr()
     warnings = captured.err.strip().splitlines()
-    assert len(warnings) == 4
-    for lineno, warning in zip((10, 11, 12, 13), warnings):
-        assert warning.startswith("warning: ") and f"results.tsv:{lineno}:" in warning
+    assert len(warnings) == 1 and warnings[0].startswith("warning: skipped: ")
+    assert "results.tsv:10:" in warnings[0] and "3 more lines" in warnings[0] and "fix that line" in warnings[0]
     data = json.loads(captured.out)
     assert data["skipped_lines"] == [10, 11, 12, 13]
     assert data["total"] == 9 and data["best"]["commit"] == "jjjjjjj"
@@ -208,8 +208,7 @@ def test_decide_rule_edges():
         return {"commit": commit, "val_bpb": v, "memory_gb": 1.0, "status": status, "description": ""}
 
     def run(v, steps=100, sha="x"):
-        return {"sha": sha, "val_bpb": v, "num_steps": steps, "mfu_percent": 40.0, "timeout": None,
-                "killed": None, "fail": None, "ended": True, "traceback": False, "oom": False, "error": ""}
+        return empty_run(sha=sha, val_bpb=v, num_steps=steps, mfu_percent=40.0)
 
     assert analysis.decide([], run(1.0), "aaaaaaa", {})["decision"] == "keep"
     crashed = [row(0.0, "crash")]
@@ -230,9 +229,8 @@ def test_decide_rule_edges():
 def test_a_run_the_machine_stretched_is_rerun_the_baselines_too():
     """Spoiled is what the machine did (wall seconds per budgeted second), not the run's own pace."""
     def run(v, sha, wall=60.0, steps=100, device="CPU x (2 cores)"):
-        return {"sha": sha, "val_bpb": v, "num_steps": steps, "mfu_percent": 40.0, "training_seconds": 60.0,
-                "training_wall_seconds": wall, "device": device, "timeout": None, "killed": None, "fail": None,
-                "ended": True, "traceback": False, "oom": False, "error": ""}
+        return empty_run(sha=sha, val_bpb=v, num_steps=steps, mfu_percent=40.0, training_seconds=60.0,
+                         training_wall_seconds=wall, device=device)
 
     def row(v, commit="aaaaaaa"):
         return {"commit": commit, "val_bpb": v, "memory_gb": 1.0, "status": "keep", "description": ""}
@@ -272,9 +270,7 @@ TWO_BASELINES = [
 def test_summary_json_chart_and_decide_share_decides_baseline(tmp_path, capsys):
     path = write_log(tmp_path, TWO_BASELINES)
     rows, _ = analysis.read_log(path)
-    decided = analysis.decide(rows, {"sha": "x", "val_bpb": 1.0, "num_steps": None, "mfu_percent": None,
-                                     "timeout": None, "killed": None, "fail": None, "ended": True,
-                                     "traceback": False, "oom": False, "error": ""}, "eeeeeee", {})
+    decided = analysis.decide(rows, empty_run(sha="x", val_bpb=1.0), "eeeeeee", {})
     assert decided["best"] == pytest.approx(1.005) and decided["noise"] == pytest.approx(0.02)
     summary = analysis.summarize(rows)
     base = summary["baseline"]

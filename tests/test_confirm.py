@@ -3,6 +3,7 @@
 A throwaway repository holds a handicapped baseline (learning rates cut tenfold) and a kept fix
 that restores them, as the end-to-end test's night would; confirm must find the fix better on the
 test rows and leave the repository exactly as it found it, also when interrupted."""
+import json
 import os
 import re
 import signal
@@ -10,6 +11,9 @@ import subprocess
 import sys
 import time
 
+import pytest
+
+from conftest import ROOT
 from test_ratchet import make_repo, set_learning_rates
 
 
@@ -68,3 +72,25 @@ def test_an_interrupted_confirm_removes_its_worktrees(tmp_path, smoke_cache):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "interrupted" in err
     assert snapshot(repo) == before and os.listdir(env["TMPDIR"]) == []
+
+
+def test_confirm_runs_a_train_py_committed_before_the_run_record(tmp_path, smoke_cache):
+    """A night's baseline from before harness/ existed (its train.py imports machinery's clock and
+    prints the old summary) is retrained and scored by this checkout's judge."""
+    repo, env = night(tmp_path, smoke_cache)
+    old = subprocess.run(["git", "show", "4ff24ef:train.py"], cwd=ROOT, capture_output=True, text=True)
+    if old.returncode != 0:
+        pytest.skip("a shallow clone without commit 4ff24ef")
+    (repo / "train.py").write_text(old.stdout)
+    subprocess.run("git -c user.name=t -c user.email=t@t commit --allow-empty -qam 'an old train.py'", shell=True, cwd=repo,
+                   check=True, env=env)
+    sha = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=repo, capture_output=True,
+                         text=True).stdout.strip()
+    log = (repo / "results.tsv").read_text()
+    (repo / "results.tsv").write_text(log + f"{sha}\t2.800000\t0.5\tkeep\tan old train.py\n")
+    result = subprocess.run([sys.executable, "analysis.py", "--confirm", "--runs", "1", "--json"], cwd=repo,
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    confirmed = json.loads(result.stdout)
+    assert [r["crash"] for side in ("baseline", "best") for r in confirmed["runs"][side]] == [None, None], confirmed
+    assert confirmed["best"]["test_bpb"] > 0

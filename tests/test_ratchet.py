@@ -22,6 +22,7 @@ import analysis  # noqa: E402
 
 PROJECT_FILES = ["prepare.py", "machinery.py", "record.py", "train.py", "program.md", "analysis.py", "README.md", "pyproject.toml",
                  "uv.lock", ".python-version", ".gitignore"]
+PROJECT_FOLDERS = ["harness"]
 
 # The 5-second smoke run is noisy, so the repository starts from a handicapped train.py (learning
 # rates cut tenfold): undoing the handicap is then an edit that is reliably better, and zeroing
@@ -85,6 +86,8 @@ def make_repo(path, env_cache, handicap=0.1):
     path.mkdir()
     for name in PROJECT_FILES:
         shutil.copy(os.path.join(ROOT, name), path / name)
+    for name in PROJECT_FOLDERS:
+        shutil.copytree(os.path.join(ROOT, name), path / name, ignore=shutil.ignore_patterns("__pycache__"))
     set_learning_rates(path / "train.py", handicap)
     subprocess.run("git init -q -b main && git add -A && git -c user.name=t -c user.email=t@t commit -qm initial",
                    shell=True, cwd=path, check=True, env=dict(os.environ, GIT_CONFIG_GLOBAL=os.devnull))
@@ -147,11 +150,11 @@ def test_program_md_names_every_command_the_loop_needs():
     blocks = program_blocks()
     for label in ["Create the branch", "Check the data exists", "Make sure git can commit", "Start the log",
                   "Keep the machine awake", "Run", "Poll", "Read the traceback",
-                  "Decide", "Log", "Board", "Adopt", "Commit", "Check the judge", "Discard", "Amend", "Where am I"]:
+                  "Decide", "Log", "Board", "Adopt", "Commit", "Discard", "Amend", "Where am I"]:
         assert label in blocks, f"program.md has no ```bash block labelled **{label}**"
-    # each command once: the perl runner only in Run; its background form is the same line, said in words
+    # each command once: the runner only in Run; its background form is the same line, said in words
     text = open(os.path.join(ROOT, "program.md")).read()
-    assert text.count("perl -e") == 1 and text.count("--decide") == 2
+    assert "perl" not in text and text.count("analysis.py --run") == 1 and text.count("--decide") == 2
     assert BACKGROUND in " ".join(text.split())
     assert "5-minute" not in text and "70 experiments" not in text
     assert len(text.split()) < 1750  # 1,679 before the board and Adopt
@@ -209,8 +212,6 @@ def test_following_program_md_keeps_only_improvements(agent):
     def experiment(edit, description):
         edit(repo / "train.py")
         assert agent("Commit", description=description).returncode == 0
-        judge = agent("Check the judge")
-        assert judge.returncode == 0 and "judge intact" in judge.stdout
         assert agent("Run").returncode in (0, 1)
         return agent("Decide")
 
@@ -242,22 +243,27 @@ def test_following_program_md_keeps_only_improvements(agent):
     assert agent("Discard").returncode == 0
     assert git(repo, "rev-parse", "--short=7", "HEAD").strip() == kept
 
-    # 4. a committed change to prepare.py: the judge check fails until it is restored
+    # 4. a committed change to the judge: Run refuses, and says how to restore it; Decide and Log agree
     (repo / "prepare.py").write_text((repo / "prepare.py").read_text().replace("TIME_BUDGET=5,", "TIME_BUDGET=50,"))
     set_learning_rates(repo / "train.py", 0.9)
     subprocess.run("git add prepare.py train.py && git commit -qm 'sneaky'", shell=True, cwd=repo,
                    check=True, env=agent.env)
-    judge = agent("Check the judge")
-    assert judge.returncode != 0 and "git checkout" in judge.stdout
-    restore = re.search(r"run (git checkout \S+ -- [^,]+), then Amend", judge.stdout).group(1)
+    assert agent("Run").returncode == 2
+    refused = (repo / "run.log").read_text()
+    assert "the judge was modified" in refused and refused.rstrip().endswith("run ended: exit 2")
+    out = agent("Decide")
+    assert decision(out) is None and "Run did not start train.py" in out.stdout
+    assert agent("Log", status="crash", description="sneaky").returncode == 1  # nothing to log
+    restore = re.search(r"run (git checkout \S+ -- [^,]+), then Amend", refused).group(1)
     subprocess.run(restore, shell=True, cwd=repo, check=True)
     assert agent("Amend").returncode == 0
-    assert agent("Check the judge").returncode == 0
     assert agent("Discard").returncode == 0
 
-    # 5. a run that outlives the kill (here 2 s instead of 540): TIMEOUT, a crash
-    timed = subprocess.run(agent.command("Run").replace(" 540 ", " 2 "), shell=True, executable="/bin/bash",
-                           cwd=repo, env=agent.env, capture_output=True, text=True, timeout=120)
+    # 5. a run that outlives the kill (here 2 s instead of 540): TIMEOUT, a crash. The Run command's
+    # own watchdog, called with a shorter limit
+    timed = subprocess.run([sys.executable, "-c", "import sys; from harness.run import run; sys.exit(run(timeout=2))"],
+                           cwd=repo, env=agent.env, stdout=open(repo / "run.log", "w"), stderr=subprocess.STDOUT,
+                           timeout=120)
     assert timed.returncode == 137
     log = (repo / "run.log").read_text()
     assert "TIMEOUT: killed after 2 s" in log and "run ended: exit 137" in log
@@ -441,9 +447,14 @@ def test_run_log_names_the_commit_it_ran(fake_agent):
     for label in ("Create the branch", "Make sure git can commit", "Start the log"):
         assert agent(label, tag="label").returncode == 0
     ran = git(repo, "rev-parse", "--short=7", "HEAD").strip()
-    (repo / "fake_train.sh").write_text("printf 'val_bpb:          2.000000\\nnum_steps:        100\\n'\n")
-    command = agent.command("Run").replace("uv run train.py", "sh fake_train.sh")
-    assert subprocess.run(command, shell=True, executable="/bin/bash", cwd=repo, env=agent.env).returncode == 0
+    # a train.py stand-in that reports to the run record as the judge does, and prints its summary
+    (repo / "fake_train.py").write_text("from harness import runrecord\n"
+                                        "runrecord.note('judge', {'val_bpb': 2.0, 'tokens': 100, 'train_tokens': 1000})\n"
+                                        "print('val_bpb:          2.000000')\n")
+    runner = "import sys; from harness.run import run; sys.exit(run(command=[sys.executable, 'fake_train.py']))"
+    with open(repo / "run.log", "w") as log:
+        assert subprocess.run([sys.executable, "-c", runner], cwd=repo, env=agent.env, stdout=log,
+                              stderr=subprocess.STDOUT).returncode == 0
     assert (repo / "run.log").read_text().startswith(f"commit: {ran}\n")
     (repo / "train.py").write_text((repo / "train.py").read_text() + "\n# the next idea\n")
     assert agent("Commit", description="the next idea").returncode == 0
