@@ -24,7 +24,7 @@ judge also scores the test split the loop never sees. It prints `confirm: baseli
 best test_bpb B, gain G (val gain V); <verdict>`, writes confirm.json beside the log (the chart
 shows it), and never touches HEAD, the work tree or the log.
 
-The research record (record.py): Log also records every experiment in git, on the agent's own log
+The research record (harness/record.py, harness/board.py): Log also records every experiment in git, on the agent's own log
 ref, and pushes it to a remote named `hub` when there is one; Board reads every agent's record
 (the hub fetched first) and prints the best per setup and device, each agent's progress and the
 ideas tried lately. With no log named, the morning summary covers every agent in the record.
@@ -33,72 +33,29 @@ ideas tried lately. With no log named, the morning summary covers every agent in
 import argparse
 import glob
 import json
-import math
 import os
-import re
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 
-import record
-from harness import JUDGE_FILES
-from harness.cache import CACHE_DIR, VAL_ROWS_FILE
+from harness import board, record, run as runner
+from harness.cache import VAL_ROWS_FILE, CACHE_DIR, read_json, write_json_atomically
+from harness.chart import plot, shorten, staircase, y_limits  # noqa: F401 (staircase, y_limits: tests read the chart's numbers)
+from harness.confirm import confirm
+from harness.errors import fail, warn
 from harness.results import (BASELINE_AGREE, NOISE_FLOOR, STATUSES, append_row, bar_lowerings, baseline_of,  # noqa: F401
                              baseline_rows, best_of, experiments_begun, parse_row, problem_line, read_log, same_commit)
-from harness.run import TIMEOUT, git_out, read_run, run_summary
-import harness.run
-import harness.runrecord
-
-MAX_LABELS = 20  # at most this many kept runs get a description on the chart
-
-
-def warn(msg):
-    print(f"warning: {msg}", file=sys.stderr)
-
-
-def error(msg):
-    print(f"error: {msg}", file=sys.stderr)
-    return 1
-
-
-def write_atomically(path, text):
-    """Write a file whole or not at all: a temporary file beside it, then os.replace. An
-    interrupted write must never read back as {} and forget a pending re-run."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def read_json(path):
-    """A JSON file we keep, or None when it is missing or unreadable."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, TypeError, ValueError):
-        return None
+from harness.run import git_out, read_run
 
 
 def read_logs(paths):
-    """[(path, rows, skipped line numbers)], or None after saying which log could not be read. The
+    """[(path, rows, skipped line numbers)]; a log that cannot be read at all fails. The
     summary reads what it can: the lines that are not rows are skipped, said in one line per log."""
     logs = []
     for path in paths:
         try:
             rows, problems = read_log(path)
         except OSError as e:
-            error(f"cannot read {path}: {e.strerror or e}")
-            return None
+            fail(f"cannot read {path}: {e.strerror or e}")
         if problems:
             warn(f"skipped: {problem_line(path, problems)}")
         logs.append((path, rows, [line for line, _ in problems]))
@@ -127,22 +84,10 @@ def summarize(rows, setup=None):
 
 
 def night_setup(log_path):
-    """The setup the night ran under, without importing prepare (torch costs seconds): run.log
-    beside the log says it (`Setup: full ...`), else the cache's setup.json; None if neither."""
-    try:
-        text = open(os.path.join(os.path.dirname(os.path.abspath(log_path)), "run.log"), errors="replace").read()
-        found = re.findall(r"^setup:\s*(\w+)", text, re.M | re.I)
-        if found:
-            return found[-1]
-    except OSError:
-        pass
-    cache = os.environ.get("AUTORESEARCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "autoresearch")
-    recorded = read_json(os.path.join(cache, "setup.json"))
-    return recorded.get("setup") if isinstance(recorded, dict) else None
-
-
-def shorten(text, width):
-    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
+    """The setup the night ran under: run.log beside the log says it (its record, or an old
+    run.log's summary), else the cache's setup.json; None if neither."""
+    run = read_run(os.path.join(os.path.dirname(os.path.abspath(log_path)), "run.log")) or {}
+    return run.get("setup") or runner.recorded_setup()
 
 
 def format_text(summary, path):
@@ -176,158 +121,6 @@ def format_text(summary, path):
 
 
 # ---------------------------------------------------------------------------
-# progress.png
-
-GREEN, GREY = "#1a9850", "#9a9a9a"
-
-
-def y_limits(rows, baseline):
-    """A y-range that fits every run except outliers far worse than the rest (beyond
-    Q3 + 3 IQR), so one diverged run does not flatten the chart."""
-    vals = sorted(r["val_bpb"] for r in rows if r["status"] != "crash")
-    fence = math.inf
-    if len(vals) >= 4:
-        q1, _, q3 = statistics.quantiles(vals, n=4)
-        fence = q3 + 3 * (q3 - q1)
-    top = max([baseline] + [v for v in vals if v <= fence])
-    pad = 0.08 * max(top - vals[0], 0.002 * baseline)
-    return vals[0] - 1.5 * pad, top + pad
-
-
-def staircase(rows, base):
-    """The running best as step points: the baseline's bar from its first run, each kept run that
-    lowered it, and on to just past the last experiment."""
-    steps = bar_lowerings(rows, base["val_bpb"])
-    xs = [base["indices"][0]] + [r["index"] for r in steps] + [rows[-1]["index"] + 0.5]
-    ys = [base["val_bpb"]] + [r["val_bpb"] for r in steps]
-    return xs, ys + ys[-1:]
-
-
-def finish_chart(fig, ax, xlabel, png_path):
-    ax.set_xlabel(xlabel, fontsize=12)
-    ax.set_ylabel("validation bits per byte (lower is better)", fontsize=12)
-    ax.grid(True, color="0.92", linewidth=0.8, zorder=0)
-    ax.set_axisbelow(True)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.legend(loc="upper right", fontsize=10, facecolor="white", edgecolor="none", framealpha=0.9)
-    fig.tight_layout()
-    fig.savefig(png_path, bbox_inches="tight")  # room for labels running past the right edge
-
-
-def chart_title(summaries):
-    e = {s: sum(x["experiments"][s] for x in summaries) for s in STATUSES}
-    n, setups = sum(e.values()), {x["setup"] for x in summaries} - {None}
-    where = f" in {len(summaries)} logs" if len(summaries) > 1 else ""
-    return (f"autoresearch{' (' + ', '.join(sorted(setups)) + ')' if setups else ''}: {n} experiment"
-            f"{'s' * (n != 1)}{where}, {e['keep']} kept, {e['discard']} discarded, {e['crash']} crashed")
-
-
-def draw_log(ax, rows, base, high, color, name=None):
-    """One log: discarded runs as faint dots (those above the range as markers on the top edge), kept
-    ones (and the baseline's) as dots, the running best from Decide's bar as a staircase. `name`:
-    one series of several, labelled only by its staircase."""
-    from matplotlib.transforms import blended_transform_factory
-    one = name is None
-    faint = dict(color=GREY if one else color, alpha=0.45 if one else 0.25, linewidths=0, zorder=2, s=22)
-    disc = [r for r in rows if r["status"] == "discard" and r["index"] not in base["indices"]]
-    inside, above = [r for r in disc if r["val_bpb"] <= high], [r for r in disc if r["val_bpb"] > high]
-    ax.scatter([r["index"] for r in inside], [r["val_bpb"] for r in inside], label="discarded" if one else None, **faint)
-    if above:  # x in data, y in axes units
-        ax.scatter([r["index"] for r in above], [0.985] * len(above), marker="^", clip_on=False, **faint,
-                   transform=blended_transform_factory(ax.transData, ax.transAxes),
-                   label="discarded, off the chart" if one else None)
-    kept = [r for r in rows if r["status"] == "keep" or r["index"] in base["indices"]]
-    ax.scatter([r["index"] for r in kept], [r["val_bpb"] for r in kept], s=55, color=color,
-               edgecolors="white", linewidths=0.8, zorder=4, label="kept" if one else None)
-    xs, ys = staircase(rows, base)
-    ax.step(xs, ys, where="post", color=color, linewidth=2.0, alpha=0.85, zorder=3, label=name or "best so far")
-    return xs, ys
-
-
-def draw_details(ax, rows, summary, xs, ys, low, high, png_path):
-    """What only a one-log chart shows: crashes, the noise band, Confirm's test_bpb, descriptions."""
-    from matplotlib.transforms import blended_transform_factory
-    crashes, noise = [r for r in rows if r["status"] == "crash"], summary["baseline"]["noise"]
-    if crashes:
-        ax.scatter([r["index"] for r in crashes], [0.015] * len(crashes), s=18, marker="x", color="#d73027",
-                   transform=blended_transform_factory(ax.transData, ax.transAxes), alpha=0.6, linewidths=1.0,
-                   zorder=2, label="crashed")
-    if noise is not None:
-        ax.fill_between(xs, [y - noise for y in ys], [y + noise for y in ys], step="post", color=GREEN,
-                        alpha=0.12, linewidth=0, zorder=1, label=f"± the baseline's noise ({noise:.4f})")
-    confirmed = read_json(confirmation_path(png_path)) or {}  # Confirm's test_bpb beside the val_bpb it confirms
-    marks = [confirmed[side] for side in ("baseline", "best") if (confirmed.get(side) or {}).get("test_bpb")]
-    if marks:  # widen the range to fit them
-        pad = 0.04 * (high - low)
-        low, high = min([low] + [m["test_bpb"] - pad for m in marks]), max([high] + [m["test_bpb"] + pad for m in marks])
-        ax.set_ylim(low, high)
-    for i, m in enumerate(marks):
-        ax.scatter([m["index"]], [m["test_bpb"]], s=70, marker="D", color="#4575b4", edgecolors="white",
-                   zorder=5, label=None if i else "test_bpb (--confirm)")
-    draw_labels(ax, rows, summary, low, high)
-
-
-def draw_labels(ax, rows, summary, low, high):
-    """The kept runs' descriptions (on a crowded chart only the baseline's and the biggest gains)."""
-    from matplotlib.patheffects import withStroke
-    base = summary["baseline"]
-    kept = [r for r in rows if r["status"] == "keep" or r["index"] in base["indices"]]
-    if len(kept) > MAX_LABELS:
-        wanted = set(base["indices"]) | {r["index"] for r in summary["ranked"][: MAX_LABELS - 2]}
-        kept = [r for r in kept if r["index"] in wanted]
-    for r in kept:
-        if low <= r["val_bpb"] <= high:
-            ax.annotate(shorten(r["description"] or r["commit"], 38), (r["index"], r["val_bpb"]),
-                        xytext=(5, 5), textcoords="offset points", rotation=28, fontsize=8,
-                        color="#1b4d2e", ha="left", va="bottom", rotation_mode="anchor", zorder=5,
-                        annotation_clip=True, path_effects=[withStroke(linewidth=3, foreground="white")])
-
-
-def subtitle(summary):
-    base, best, imp = summary["baseline"], summary["best"], summary["improvement"]
-    text = (f"val_bpb {base['val_bpb']:.4f} (the baseline) → {best['val_bpb']:.4f}  (−{imp['absolute']:.4f}, "
-            f"{imp['relative']:.2%} better)" if imp["absolute"] > 0
-            else f"val_bpb {base['val_bpb']:.4f} (the baseline), no improvement on it yet")
-    return text + ("; smoke: these numbers only prove that the loop runs" if summary["setup"] == "smoke" else "")
-
-
-def plot(logs, png_path):
-    """progress.png for [(path, rows, summary)], a series per log; one log also gets its details."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(14, 7), dpi=120)
-    ax.set_title(chart_title([s for _, _, s in logs]), fontsize=15, loc="left", pad=24)
-    drawn = [(p, r, s) for p, r, s in logs if s["baseline"]]
-    if not drawn:
-        ax.text(0.5, 0.5, "no completed runs yet", transform=ax.transAxes, ha="center", va="center",
-                fontsize=18, color="0.4")
-        ax.axis("off")
-        fig.savefig(png_path, bbox_inches="tight")
-        return plt.close(fig)
-    vals = [r for _, rows, _ in drawn for r in rows if r["status"] != "crash"]
-    low, high = y_limits(vals, max(s["baseline"]["val_bpb"] for _, _, s in drawn))
-    n = max(rows[-1]["index"] for _, rows, _ in drawn)
-    ax.set_xlim(0.3, n + 0.7 + 0.02 * n)
-    ax.set_ylim(low, high)
-    colors = plt.get_cmap("tab10").colors
-    for i, (path, rows, summary) in enumerate(logs):
-        name = os.path.basename(os.path.dirname(os.path.abspath(path))) or path
-        base, color = summary["baseline"], GREEN if len(logs) == 1 else colors[i % len(colors)]
-        if base is None:
-            ax.plot([], [], color=color, label=f"{name}: no completed run")
-        elif len(logs) > 1:
-            draw_log(ax, rows, base, high, color, f"{name}: {base['val_bpb']:.4f} → {summary['best']['val_bpb']:.4f}")
-        else:
-            draw_details(ax, rows, summary, *draw_log(ax, rows, base, high, color), low, high, png_path)
-            ax.text(0, 1.015, subtitle(summary), transform=ax.transAxes, fontsize=11, color="0.3", va="bottom")
-    finish_chart(fig, ax, "experiment #" + (" (per log)" if len(logs) > 1 else ""), png_path)
-    plt.close(fig)
-
-
-# ---------------------------------------------------------------------------
 # The loop's two commands: Decide and Log (program.md states the rule in words)
 
 SPOILED = 0.5         # fewer steps and lower MFU than this fraction of the baseline's: a starved run
@@ -357,14 +150,14 @@ def state_file():
 
 def load_state():
     path = state_file()
-    state = read_json(path) if path else None
+    state = read_json(path) if path else {}
     return state if isinstance(state, dict) else {}
 
 
 def save_state(state):
     path = state_file()
     if path:
-        write_atomically(path, json.dumps(state, indent=1))
+        write_json_atomically(path, state)
 
 
 def lines_changed(since):
@@ -636,7 +429,7 @@ def cmd_decide(log):
     try:
         rows, run, head, state, changed = loop_inputs(log)
     except ValueError as e:
-        return error(str(e))
+        fail(str(e))
     d = decide(rows, run, head, state, changed)
     show_decision(d, run)
     save_state(d["state"])
@@ -648,30 +441,30 @@ def cmd_run(log):
     the judge differs from the baseline's commit (the log's first row)."""
     rows = read_log(log)[0] if os.path.exists(log) else []
     runs = baseline_rows(rows)
-    return harness.run.run(baseline_commit=(runs or rows or [{"commit": None}])[0]["commit"])
+    return runner.run(baseline_commit=(runs or rows or [{"commit": None}])[0]["commit"])
 
 
 def cmd_log(log, typed, description):
     status = typed.strip().lower()
     if status == "rerun":
-        return error("a rerun is not logged: Run again, then Decide")
+        fail("a rerun is not logged: Run again, then Decide")
     if status not in STATUSES:
-        return error(f"status {typed.strip()!r} is not keep, discard or crash")
+        fail(f"status {typed.strip()!r} is not keep, discard or crash")
     description = " ".join(description.replace("\t", " ").split()) or "(no description)"
     try:
         rows, run, head, state, changed = loop_inputs(log)
     except ValueError as e:
-        return error(f"nothing logged: {e}")
+        fail(f"nothing logged: {e}")
     d = decide(rows, run, head, state, changed)
     if d["step"] in ("no run", "logged", "refused", "no data"):
-        return error({"no run": "there is no run.log to log: Run first",
+        fail({"no run": "there is no run.log to log: Run first",
                       "logged": "this run.log is already logged in results.tsv: go on with the loop",
                       "refused": f"Run did not start train.py: {d['why']}",
                       "no data": f"{d['why']}: stop and tell the human"}[d["step"]])
     if d["decision"] == "rerun":  # killed, spoiled or stretched runs included: no row, whatever was typed
-        return error(f"Decide says rerun for this run.log ({d['why']}): don't log it; Run again, then Decide")
+        fail(f"Decide says rerun for this run.log ({d['why']}): don't log it; Run again, then Decide")
     if not crashed(run) and status != d["decision"]:  # the row says what the rule decided, nothing else
-        return error(f"Decide says {d['decision']} for this run.log ({d['why']}), not {status}: "
+        fail(f"Decide says {d['decision']} for this run.log ({d['why']}), not {status}: "
                      f"Log it as {d['decision']}" if d["decision"] else f"nothing to log: {NEXT[d['step']]}")
     if crashed(run) or status == "crash":
         if status != "crash":
@@ -752,231 +545,6 @@ def report(logs, args, fleet=()):
     return 0
 
 
-# ---------------------------------------------------------------------------
-# Board and the fleet: every agent's git record (record.py), the hub fetched first
-
-BOARD_FETCH_TIMEOUT = 30  # seconds: a first fetch of 10,000 experiments takes a few on a disk
-
-
-def fleet_record():
-    """Every agent's entries in the git record (after fetching the hub, if there is one), each
-    warning printed in one line. [] outside a git repository."""
-    if git_out("rev-parse", "--git-dir") is None:
-        return []
-    fetched = record.fetch(".", timeout=BOARD_FETCH_TIMEOUT)
-    entries, warnings = record.read_record(".", own=record.agent_tag("."))
-    for line in filter(None, [fetched, *warnings]):
-        print(line, file=sys.stderr)
-    return entries
-
-
-def reader(entries):
-    """The judge, setup and device results must share to compete with this agent's: its own latest
-    entry says the setup and device; before it has one, run.log or the cache does."""
-    tag = record.agent_tag(".")
-    own = [e for e in entries if e["agent"] == tag and e["device"]]  # a crash has none
-    run = read_run() or {}
-    setup = (own[-1]["setup"] if own else "") or run.get("setup") or night_setup("results.tsv")
-    device = (own[-1]["device"] if own else "") or run.get("device")
-    return record.judge_identity("."), setup, device
-
-
-def best_diff(b, entries):
-    """`git diff` of train.py from the best comparable agent's baseline to its best commit."""
-    best = next((x for x in b["best"] if (x["setup"], x["device"]) == (b["setup"], b["device"])),
-                b["best"][0] if b["best"] else None)
-    if best is None:
-        return "diff: no kept result under your judge yet"
-    base = next(e["commit"] for e in entries if e["agent"] == best["agent"])
-    diff = git_out("diff", "--stat", "--patch", base, best["commit"], "--", "train.py")
-    if diff is None:
-        return f"diff: commit {best['commit'][:7]} or {base[:7]} is not here; run `git fetch hub` and try again"
-    return f"diff: agent {best['agent']}'s baseline {base[:7]} -> its best {best['commit'][:7]}\n{diff}"
-
-
-def cmd_board(as_json, diff):
-    entries = fleet_record()
-    b = record.board(entries, *reader(entries))
-    if as_json:
-        print(json.dumps(b, indent=1))
-        return 0
-    print(record.format_board(b))
-    if diff:
-        print("\n" + best_diff(b, entries))
-    return 0
-
-
-def with_fleet(logs):
-    """The local logs plus a series for every agent of the git record that no local log is (other
-    clones through the hub, other worktrees), and the record's entries."""
-    entries = fleet_record()
-    local = {record.agent_tag(os.path.dirname(os.path.abspath(path))) for path, _, _ in logs}
-    others = sorted((tag, rows) for tag, rows in record.fleet_logs(entries).items() if tag not in local)
-    return logs + [(f"agent {tag}", rows, []) for tag, rows in others], entries
-
-
-def shared_ideas(entries, limit=10):
-    """Descriptions tried by more than one agent, with each one's outcome: the same idea, twice.
-    An agent's baseline (the commit of its first entry, which every agent starts from) is no idea."""
-    first, by_idea = {}, {}
-    for e in entries:
-        first.setdefault(e["agent"], e["commit"])
-    baselines = set(first.values())
-    for e in entries:
-        if e["commit"] not in baselines:
-            by_idea.setdefault(" ".join(e["description"].lower().split()), []).append(e)
-    shared = [tried for tried in by_idea.values() if len({e["agent"] for e in tried}) > 1]
-    return [f"{tried[0]['description'][:60]!r}: " + ", ".join(
-        f"{e['agent']} {e['status']} {e['val_bpb']:.4f}" for e in tried) for tried in shared[-limit:]]
-
-
-def fleet_lines(entries):
-    """The fleet's part of the morning summary: the best per setup and device under this judge,
-    and the ideas tried by several agents."""
-    if len({e["agent"] for e in entries}) < 2:
-        return []
-    b = record.board(entries, *reader(entries))
-    lines = ["fleet: best per setup and device, judged by this checkout's judge:"]
-    lines += [f"  {x['setup']} on {x['device']}: {x['val_bpb']:.6f} by {x['agent']} ({x['commit'][:7]}, "
-              f"{shorten(x['description'], 60)})" for x in b["best"]] or ["  none yet"]
-    ideas = shared_ideas(entries)
-    return lines + (["tried by several agents:"] + [f"  {line}" for line in ideas] if ideas else [])
-
-
-# ---------------------------------------------------------------------------
-# Confirm: were the night's gains real? Scored on the test split, which the loop never sees.
-
-def confirmation_run(worktree, log_path):
-    """train.py once in confirmation mode: ({val_bpb, test_bpb, num_steps}, None) or (None, why),
-    the numbers from the judge's record of the run. It runs on this interpreter, the project's
-    environment that `uv run analysis.py` set up, so the temporary worktree needs none of its own."""
-    run_dir = log_path + ".record"
-    os.makedirs(run_dir, exist_ok=True)
-    env = dict(os.environ, AUTORESEARCH_CONFIRM="1", **{harness.runrecord.RUN_DIR_ENV: run_dir})
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "train.py"], cwd=worktree, stdout=log, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True)
-        try:
-            proc.wait(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            return None, f"TIMEOUT after {TIMEOUT} s"
-        finally:
-            if proc.poll() is None:  # timed out, or interrupted: end train.py and its compile workers
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-    text = open(log_path, errors="replace").read().replace("\r", "\n")
-    judge = harness.runrecord.read_parts(run_dir).get("judge") or {}
-    figures = {"val_bpb": judge.get("val_bpb"), "test_bpb": judge.get("test_bpb"),
-               "num_steps": run_summary(text, ("num_steps",))["num_steps"]}
-    if proc.returncode != 0 or figures["val_bpb"] is None or figures["test_bpb"] is None:
-        last = [line for line in text.splitlines() if line.strip() and not line.startswith("step ")]
-        return None, f"crash, exit {proc.returncode}: {last[-1][:150] if last else 'no output'}"
-    return figures, None
-
-
-def confirmation_verdict(runs, night_noise):
-    """The numbers and the verdict: the test gain against the spread of the repeats (or the
-    night's noise, if larger); crashed runs are reported, never averaged in."""
-    ok = {side: [r for r in rs if r["figures"]] for side, rs in runs.items()}
-    out = {key: {side: statistics.mean(r["figures"][key] for r in ok[side]) if ok[side] else None for side in runs}
-           for key in ("test_bpb", "val_bpb")}
-    out.update(test_gain=None, val_gain=None, spread=None)
-    if not ok["baseline"] or not ok["best"]:
-        out["verdict"] = "cannot confirm: every run of the " + ("baseline" if not ok["baseline"] else "best commit") + " crashed"
-        out["line"] = f"confirm: {out['verdict']}"
-        return out
-    test = {side: [r["figures"]["test_bpb"] for r in ok[side]] for side in ok}
-    spread = max([max(v) - min(v) for v in test.values()] + [night_noise or 0.0])
-    gain = out["test_bpb"]["baseline"] - out["test_bpb"]["best"]
-    val_gain = out["val_bpb"]["baseline"] - out["val_bpb"]["best"]
-    if gain <= 0:
-        verdict = "vanishes: on the test split the best commit is no better than the baseline"
-    elif gain <= spread:
-        verdict = f"shrinks into the noise: the test gain is within the spread of the repeats ({spread:.6f})"
-    else:
-        verdict = f"holds: the test gain is beyond the spread of the repeats ({spread:.6f})"
-        if gain < val_gain / 2:
-            verdict += ", though under half the val gain"
-    out.update(test_gain=gain, val_gain=val_gain, spread=spread, verdict=verdict,
-               line=(f"confirm: baseline test_bpb {out['test_bpb']['baseline']:.6f}, best test_bpb "
-                     f"{out['test_bpb']['best']:.6f}, gain {gain:.6f} (val gain {val_gain:.6f}); {verdict}"))
-    return out
-
-
-def confirmation_path(beside):
-    return os.path.join(os.path.dirname(os.path.abspath(beside)), "confirm.json")
-
-
-def add_worktree(path, commit):
-    """A temporary checkout of `commit`, judged by this checkout's judge: its JUDGE_FILES, and the
-    harness and machinery.py they import (old commits have neither the test split's scoring nor
-    the run record; their train.py imports machinery.py, whose budget_clock is now harness's)."""
-    subprocess.run(["git", "worktree", "add", "--quiet", "--detach", path, commit], check=True, capture_output=True)
-    here = os.path.dirname(os.path.abspath(__file__))
-    for name in JUDGE_FILES + ("machinery.py",):
-        if os.path.exists(os.path.join(here, name)):
-            os.makedirs(os.path.dirname(os.path.join(path, name)), exist_ok=True)
-            shutil.copy(os.path.join(here, name), os.path.join(path, name))
-    shutil.copytree(os.path.join(here, "harness"), os.path.join(path, "harness"), dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("__pycache__"))
-
-
-def confirm_runs(targets, n_runs, tmp, say):
-    """Train each target n_runs times in its own worktree, alternating (a slow spell of the machine
-    hits both): {side: [{figures, crash}]}. The caller removes the worktrees, even when interrupted."""
-    runs, t0 = {side: [] for side in targets}, time.time()
-    order = list(targets) * n_runs
-    for side, row in targets.items():
-        add_worktree(os.path.join(tmp, side), row["commit"])
-    for i, side in enumerate(order, 1):
-        elapsed = time.time() - t0
-        left = f", about {elapsed / (i - 1) * (len(order) - i + 1) / 60:.0f} min left" if i > 1 else ""
-        say(f"[{i}/{len(order)}] {side} {targets[side]['commit']}: training ({elapsed / 60:.0f} min elapsed{left})")
-        figures, why = confirmation_run(os.path.join(tmp, side), os.path.join(tmp, f"run{i}.log"))
-        runs[side].append({"figures": figures, "crash": why})
-        say("    " + (f"val_bpb {figures['val_bpb']:.6f}, test_bpb {figures['test_bpb']:.6f}, "
-                     f"{figures['num_steps']:.0f} steps" if figures else f"not counted: {why}"))
-    return runs
-
-
-def cmd_confirm(log, n_runs, as_json):
-    logs = read_logs([log])
-    if logs is None:
-        return 1
-    summary = summarize(logs[0][1])
-    base, best = summary["baseline"], summary["best"]
-    if base is None or best["commit"] == base["commit"]:
-        return error(f"nothing to confirm: {log} has no kept commit better than the baseline")
-    import prepare  # the cache this night ran against: its test split must exist
-    # For caches prepared before prepare.py froze a test split (f88fdb4, 2026-11-29): they cannot be
-    # confirmed. Remove this check once no cache from before then is in use.
-    if not os.path.exists(prepare.TEST_ROWS_FILE):
-        return error(f"{prepare.CACHE_DIR} has no test split (prepared before there were any): prepare a new "
-                     f"cache, AUTORESEARCH_CACHE=<new folder> uv run prepare.py ..., and run the night there")
-    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if as_json else (lambda *a: print(*a, flush=True))
-    tmp = tempfile.mkdtemp(prefix="autoresearch-confirm-")
-    try:
-        runs = confirm_runs({"baseline": base, "best": best}, n_runs, tmp, say)
-    except KeyboardInterrupt:
-        print("interrupted: the temporary worktrees are removed; HEAD, the work tree and the log are as they were",
-              file=sys.stderr)
-        return 130
-    except subprocess.CalledProcessError as e:
-        return error(f"git worktree add failed: {e.stderr.decode().strip()}")
-    finally:
-        for side in ("baseline", "best"):
-            subprocess.run(["git", "worktree", "remove", "--force", os.path.join(tmp, side)], capture_output=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        subprocess.run(["git", "worktree", "prune"], capture_output=True)
-    result = {**confirmation_verdict(runs, base["noise"]), "runs": runs}
-    for side, row in (("baseline", base), ("best", best)):
-        result[side] = {"commit": row["commit"], "index": row["index"], "logged_val_bpb": row["val_bpb"],
-                        "test_bpb": result["test_bpb"][side], "description": row["description"]}
-    write_atomically(confirmation_path(log), json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2) if as_json else result["line"])
-    return 0
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("logs", nargs="*", metavar="log",
@@ -993,7 +561,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     log = args.logs[0] if args.logs else "results.tsv"
     if args.confirm:
-        return cmd_confirm(log, max(1, args.runs), args.json)
+        return confirm(read_logs([log])[0][1], log, max(1, args.runs), args.json)
     if args.log:
         return cmd_log(log, args.log, sys.stdin.read())
     if args.run:
@@ -1001,12 +569,10 @@ def main(argv=None):
     if args.decide:
         return cmd_decide(log)
     if args.board:
-        return cmd_board(args.json, args.diff)
+        return board.show_board(args.json, args.diff)
     logs = read_logs(args.logs or default_logs())
-    if logs is None:
-        return 1
-    logs, entries = with_fleet(logs) if not args.logs else (logs, [])
-    return report(logs, args, fleet_lines(entries))
+    logs, entries = board.with_fleet(logs) if not args.logs else (logs, [])
+    return report(logs, args, board.fleet_lines(entries))
 
 
 if __name__ == "__main__":

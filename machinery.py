@@ -12,7 +12,6 @@ judge. The cache's layout (harness/cache.py) and the budget clock (harness/clock
 import codecs
 import ctypes
 import errno
-import fcntl
 import hashlib
 import json
 import math
@@ -25,7 +24,6 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -36,9 +34,10 @@ import torch
 # train.py commits made before it moved (2026-12-04), which Confirm still runs. Remove once no night needs them.
 from harness.clock import budget_clock, run_queue_delays  # noqa: F401
 
+from harness.errors import fail
 # The cache's layout and its claim are the judge's (harness/cache.py)
 from harness.cache import (CACHE_DIR, DATA_DIR, ISA_CHECKS_FILE, PEAK_FLOPS_FILE, SETUP_FILE,  # noqa: F401
-                           TEST_ROWS_FILE, TEST_SHARD, TOKENIZER_DIR, VAL_ROWS_FILE, PrepareError, atomic_path,
+                           TEST_ROWS_FILE, TEST_SHARD, TOKENIZER_DIR, VAL_ROWS_FILE, atomic_path,
                            cache_lock, claim_cache, default_setup_name, has_data, holds_prepared_files,
                            read_json, read_recorded_setup, scratch_dir, write_json_atomically)
 
@@ -122,7 +121,7 @@ def fetch_first(url, path):
     try:
         download_file(url, path, attempts=3)
     except requests.ConnectionError:
-        raise PrepareError(f"cannot reach {HF_ENDPOINT} (no network?); to prepare from local files "
+        fail(f"cannot reach {HF_ENDPOINT} (no network?); to prepare from local files "
                            f"instead run: uv run prepare.py --data PATH")
 
 
@@ -135,7 +134,7 @@ def download_shards(dataset, num_shards, workers):
     the test shard (the one before it), which training never reads."""
     info = DATASETS[dataset]
     if not 1 <= num_shards < info["shards"] - 1:
-        raise PrepareError(f"--num-shards must be between 1 and {info['shards'] - 2} for {dataset}")
+        fail(f"--num-shards must be between 1 and {info['shards'] - 2} for {dataset}")
     names = [f"shard_{i:05d}.parquet" for i in [info["shards"] - 1, info["shards"] - 2, *range(num_shards)]]
     paths = [os.path.join(DATA_DIR, n) for n in names]
     paths[1] = TEST_SHARD
@@ -159,7 +158,7 @@ def download_shards(dataset, num_shards, workers):
                     raise
                 failed.append(f"{os.path.basename(path)}: {short_reason(e)}")
     if failed:
-        raise PrepareError(f"{len(failed)} of {len(todo)} shards failed to download ({failed[0]}); "
+        fail(f"{len(failed)} of {len(todo)} shards failed to download ({failed[0]}); "
                            f"run `uv run prepare.py` again to fetch the rest")
 
 
@@ -204,14 +203,14 @@ LOCAL_SUFFIXES = (".parquet", ".txt", ".md", ".jsonl")
 
 def local_files(path):
     if not os.path.exists(path):
-        raise PrepareError(f"--data {path}: no such file or folder")
+        fail(f"--data {path}: no such file or folder")
     if os.path.isfile(path):
         files = [path]
     else:
         files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
     files = [f for f in files if f.lower().endswith(LOCAL_SUFFIXES)]
     if not files:
-        raise PrepareError(f"--data {path}: no .parquet, .txt, .md or .jsonl files in it")
+        fail(f"--data {path}: no .parquet, .txt, .md or .jsonl files in it")
     return files
 
 
@@ -275,9 +274,9 @@ def parquet_documents(path):
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:
-        raise PrepareError(f"--data: {path} is not a readable parquet file ({short_reason(e)})")
+        fail(f"--data: {path} is not a readable parquet file ({short_reason(e)})")
     if "text" not in pf.schema_arrow.names:
-        raise PrepareError(f"--data: {path} has no `text` column (columns: {', '.join(pf.schema_arrow.names)})")
+        fail(f"--data: {path} has no `text` column (columns: {', '.join(pf.schema_arrow.names)})")
     for batch in pf.iter_batches(columns=["text"], batch_size=ROW_GROUP_SIZE):
         yield from (t for t in batch.column("text").to_pylist() if t)
 
@@ -289,7 +288,7 @@ def local_documents(files):
         try:
             yield from (doc for doc in reader(path) if doc.strip())
         except OSError as e:
-            raise PrepareError(f"--data: cannot read {path} ({e.strerror or e})") from e
+            fail(f"--data: cannot read {path} ({e.strerror or e})")
 
 
 def pack_local_corpus(path, setup, constants):
@@ -302,13 +301,13 @@ def pack_local_corpus(path, setup, constants):
         total_chars += len(doc)
     needed = MIN_CHARS_PER_TOKEN * constants["VOCAB_SIZE"]
     if total_chars < needed:
-        raise PrepareError(f"--data {path} holds {total_chars:,} characters of text; the {setup} setup's "
+        fail(f"--data {path} holds {total_chars:,} characters of text; the {setup} setup's "
                            f"{constants['VOCAB_SIZE']}-token vocabulary needs at least {needed:,}")
     # Validation: enough text for the setup's evaluation tokens (about 4 characters a token, doubled
     # for what packing crops), at most a tenth of the corpus; evaluation repeats it if it is short.
     val_fraction = min(0.1, 8 * constants["EVAL_TOKENS"] / total_chars)
     if n_docs < 3:
-        raise PrepareError(f"--data {path} holds {n_docs} document(s); training, validation and test need "
+        fail(f"--data {path} holds {n_docs} document(s); training, validation and test need "
                            f"one each at least: split it into several files or .jsonl records")
     n_val = max(1, round(n_docs * val_fraction))  # at least one, however few and long the documents
     n_train_shards = max(1, math.ceil(total_chars * (1 - val_fraction) / SHARD_CHARS))

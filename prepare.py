@@ -24,7 +24,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 
 import numpy as np
@@ -33,10 +32,11 @@ import torch
 import torch.nn.functional as F
 
 from harness import runrecord
-from harness.cache import (CACHE_DIR, DATA_DIR, TEST_ROWS_FILE, TEST_SHARD, TOKENIZER_DIR, VAL_ROWS_FILE, PrepareError,
+from harness.cache import (CACHE_DIR, DATA_DIR, TEST_ROWS_FILE, TEST_SHARD, TOKENIZER_DIR, VAL_ROWS_FILE,
                            atomic_path, cache_lock, claim_cache, default_setup_name, read_recorded_setup,
                            write_json_atomically)
 from harness.clock import SPAN
+from harness.errors import fail
 # Not the judge's: where the shards come from, and the device's name and memory peak for the record
 from machinery import DATASETS, MIN_CHARS_PER_TOKEN, ROW_GROUP_SIZE, default_device, get_data
 # Compatibility: train.py commits made before machinery.py existed import these hardware helpers
@@ -73,7 +73,7 @@ CONFIRM = os.environ.get("AUTORESEARCH_CONFIRM") == "1"
 def require_prepared():
     # The validation rows are written last: their presence means the cache is complete.
     if not os.path.exists(VAL_ROWS_FILE):
-        sys.exit(f"error: no prepared data in {CACHE_DIR}: run `uv run prepare.py` first")
+        fail(f"no prepared data in {CACHE_DIR}: run `uv run prepare.py` first")
 
 
 # ---------------------------------------------------------------------------
@@ -105,7 +105,7 @@ def train_tokenizer(vocab_size):
     bpe.train_from_iterator(texts(), n_merged, pattern=SPLIT_PATTERN)
     ranks = {bytes(token): rank for token, rank in bpe.get_mergeable_ranks()}
     if len(ranks) < n_merged:
-        raise PrepareError(f"the training text taught the tokenizer only {len(ranks)} of {n_merged} tokens; "
+        fail(f"the training text taught the tokenizer only {len(ranks)} of {n_merged} tokens; "
                            f"give it more text (at least {MIN_CHARS_PER_TOKEN * vocab_size:,} characters of varied text)")
     specials = {name: len(ranks) + i for i, name in enumerate(SPECIAL_TOKENS)}
     tiktoken.Encoding("check", pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
@@ -293,11 +293,11 @@ def evaluate_bpb(model, tokenizer, batch_size):
     val_bpb, tokens, nbytes = bits_per_byte(model, tokenizer, np.load(VAL_ROWS_FILE, allow_pickle=False), batch_size,
                                             check=True)
     if not math.isfinite(val_bpb):
-        sys.exit("error: val_bpb is not a number: the model's logits are not finite (the run diverged)")
+        fail("val_bpb is not a number: the model's logits are not finite (the run diverged)")
     result = {"val_bpb": val_bpb, "tokens": tokens, "bytes": nbytes, "setup": SETUP, "clock": clock, **SERVED}
     if CONFIRM:
         if not os.path.exists(TEST_ROWS_FILE):  # compatibility: a cache from before test splits
-            sys.exit(f"error: {CACHE_DIR} has no test split to confirm on; prepare a new cache (AUTORESEARCH_CACHE=<new folder>)")
+            fail(f"{CACHE_DIR} has no test split to confirm on; prepare a new cache (AUTORESEARCH_CACHE=<new folder>)")
         result["test_bpb"] = bits_per_byte(model, tokenizer, np.load(TEST_ROWS_FILE, allow_pickle=False), batch_size)[0]
         print(f"test_bpb:         {result['test_bpb']:.6f}")
     record_result(result, next(model.parameters()).device)
@@ -342,7 +342,7 @@ def model_logits(model, x, vocab_size):
     logits = model(x)
     if not (torch.is_tensor(logits) and logits.shape[:2] == x.shape and logits.size(-1) >= vocab_size):
         got = tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__
-        sys.exit(f"error: the judge calls model(x) and needs logits of shape {(*x.shape, vocab_size)}; got {got}")
+        fail(f"the judge calls model(x) and needs logits of shape {(*x.shape, vocab_size)}; got {got}")
     return logits[..., :vocab_size]
 
 
@@ -358,7 +358,7 @@ def check_causal(model, x, logits):
     moved = model_logits(model, later, logits.size(-1))[:, :half].float()
     change, size = (moved - early).abs().mean().item(), early.abs().mean().item()
     if change > 0.01 * size + 1e-6:
-        sys.exit(f"error: the model is not causal: changing tokens after position {half} moved the logits "
+        fail(f"the model is not causal: changing tokens after position {half} moved the logits "
                  f"before it by {change:.3g} on average ({change / max(size, 1e-12):.0%} of their size); "
                  f"val_bpb would score tokens the model had already seen")
 
@@ -436,14 +436,12 @@ def main():
     args = parser.parse_args()
     try:
         prepare(args.dataset, args.data, args.num_shards, args.download_workers, args.setup)
-    except PrepareError as e:
-        sys.exit(f"error: {e}")
     except KeyboardInterrupt:
-        sys.exit("interrupted: nothing half-written was kept; run `uv run prepare.py` again to resume")
+        fail("interrupted: nothing half-written was kept; run `uv run prepare.py` again to resume")
     except OSError as e:
         if e.errno == errno.ENOSPC:
-            sys.exit(f"error: disk full while writing to {CACHE_DIR}; free space (or set AUTORESEARCH_CACHE "
-                     f"to a bigger disk) and run `uv run prepare.py` again")
+            fail(f"disk full while writing to {CACHE_DIR}; free space (or set AUTORESEARCH_CACHE "
+                 f"to a bigger disk) and run `uv run prepare.py` again")
         raise
 
 

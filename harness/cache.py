@@ -9,8 +9,9 @@ import fcntl
 import json
 import os
 import shutil
-import sys
 from contextlib import contextmanager
+
+from harness.errors import fail
 
 CACHE_DIR = os.environ.get("AUTORESEARCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "autoresearch")
 DATA_DIR = os.path.join(CACHE_DIR, "data")
@@ -25,10 +26,6 @@ PEAK_FLOPS_FILE = os.path.join(CACHE_DIR, "peak_flops.json")  # CPU matmul peaks
 ISA_CHECKS_FILE = os.path.join(CACHE_DIR, "isa_checks.json")  # the compiler's vector ISA checks, passed once per machine
 
 
-class PrepareError(Exception):
-    """An expected failure: printed as one line, with what to do next."""
-
-
 # ---------------------------------------------------------------------------
 # Files in the cache: written whole or not at all
 
@@ -40,7 +37,7 @@ def read_recorded_setup():
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
-        sys.exit(f"error: {SETUP_FILE} is unreadable; delete {CACHE_DIR} and run `uv run prepare.py` again")
+        fail(f"{SETUP_FILE} is unreadable; delete {CACHE_DIR} and run `uv run prepare.py` again")
 
 
 def default_setup_name():
@@ -73,8 +70,12 @@ def atomic_path(path):
 
 
 def write_json_atomically(path, obj):
+    """JSON written whole or not at all, and on the disk before it replaces the old (fsync): an
+    interruption, a full disk or a power cut never leaves {} where a pending re-run was kept."""
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def read_json(path):
@@ -121,12 +122,12 @@ def claim_cache(setup, source, setups):
         shutil.rmtree(DATA_DIR, ignore_errors=True)
     if recorded:
         if (setup or recorded["setup"], source or recorded["source"]) != (recorded["setup"], recorded["source"]):
-            raise PrepareError(f"{CACHE_DIR} already holds the {recorded['setup']} setup of {recorded['source']}; "
+            fail(f"{CACHE_DIR} already holds the {recorded['setup']} setup of {recorded['source']}; "
                                f"prepare {setup or recorded['setup']} of {source or recorded['source']} in another "
                                f"cache: AUTORESEARCH_CACHE=<new folder> uv run prepare.py ...")
         return recorded["setup"], recorded["source"], recorded["constants"]
     if holds_prepared_files():
-        raise PrepareError(f"{CACHE_DIR} holds prepared files but no record of their setup ({SETUP_FILE}); "
+        fail(f"{CACHE_DIR} holds prepared files but no record of their setup ({SETUP_FILE}); "
                            f"move them away, or prepare in another cache: AUTORESEARCH_CACHE=<new folder>")
     source = source or "fineweb-edu"
     if setup is None:

@@ -147,7 +147,7 @@ def harness_line(rec):
     parts = [f"val_bpb {judge['val_bpb']:.6f} (the judge's, {judge['tokens']:,} tokens)"
              if judge.get("val_bpb") is not None else "no val_bpb from the judge"]
     if clock.get("budget_seconds") is not None:
-        parts.append(f"{clock['budget_seconds']:.0f} s of budget in {clock['wall_seconds']:.0f} s of wall time")
+        parts.append(f"{clock['budget_seconds']:.1f} s of budget in {clock['wall_seconds']:.1f} s of wall time")
     parts.append(f"{rec['run'].get('wall_seconds', 0):.0f} s in all")
     return "harness: " + ", ".join(parts)
 
@@ -233,9 +233,9 @@ def from_prints(run, text, lines):
     commit = re.search(r"^commit: ([0-9a-f]{7,40})\s*$", text, re.M)
     run.update(record=None, lost=False, refused=None, mismatch=None, exit=None, scored_tokens=None,
                train_tokens=None, printed_val_bpb=run["val_bpb"], commit=commit and commit.group(1))
-    for key in ("setup", "device"):
-        found = re.findall(rf"^{key}:\s+(\S.*?)\s*$", text, re.M)
-        run[key] = found[-1] if found else None
+    setup = re.findall(r"^setup:\s*(\w+)", text, re.M | re.I)  # the summary's line, or train.py's `Setup:`
+    device = re.findall(r"^device:\s+(\S.*?)\s*$", text, re.M)
+    run.update(setup=setup[-1] if setup else None, device=device[-1] if device else None)
     for key in ("timeout", "killed"):
         run[key] = next((l for l in lines if l.startswith(key.upper())), None)
     trained = re.findall(r"trained: (\d+)s in (\d+)s wall", text)  # the old status line: budget and wall so far

@@ -11,7 +11,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import record  # noqa: E402
+from harness import board, record  # noqa: E402
 
 AGENTS, EXPERIMENTS = 100, 100
 JUDGE = "prepare.py:1111111 analysis.py:2222222 pyproject.toml:3333333"
@@ -90,10 +90,10 @@ def main():
     assert timed("fetch again, nothing new", lambda: record.fetch(reader)) is None
     entries, warnings = timed("read_record", lambda: record.read_record(reader))
     assert len(entries) == AGENTS * EXPERIMENTS and not warnings, (len(entries), warnings[:3])
-    b = timed("board", lambda: record.board(entries, JUDGE, "gpt-small", "H100"))
-    text = timed("format_board", lambda: record.format_board(b))
+    b = timed("board", lambda: board.board(entries, JUDGE, "gpt-small", "H100"))
+    text = timed("format_board", lambda: board.format_board(b))
     t0 = time.perf_counter()
-    record.board(record.read_record(reader)[0], JUDGE, "gpt-small", "H100")
+    board.board(record.read_record(reader)[0], JUDGE, "gpt-small", "H100")
     print(f"read_record + board + format_board at {len(entries)} entries: {time.perf_counter() - t0:.2f} s")
     print(f"--board --json size: {len(json.dumps(b)) >> 10} KB")
     # one more Log by agent000 from a clone of its own: record (101st entry) + push

@@ -1,6 +1,6 @@
 """Many agents, one record: program.md's Log and Board, README's hub and keep-going recipes, played
 literally in throwaway repositories with written run.logs (no training) and a bare repository as
-the hub. record.py's own guarantees (gc, concurrency, hostile entries, timeouts) are in
+the hub. harness/record.py's own guarantees (gc, concurrency, hostile entries, timeouts) are in
 test_record.py; here the commands an agent and a human actually type.
 """
 import json
@@ -153,11 +153,11 @@ if turn == 3:
 
 def test_the_board_compares_with_the_readers_last_run_not_its_last_crash(monkeypatch):
     sys.path.insert(0, ROOT)
-    import analysis
+    from harness import board
     asked = []  # each question is a git process: once per Board, not once per entry (10,000 a night)
-    monkeypatch.setattr(analysis.record, "agent_tag", lambda repo=".": asked.append(repo) or "me")
-    monkeypatch.setattr(analysis.record, "judge_identity", lambda repo=".": "judge")
-    monkeypatch.setattr(analysis, "read_run", lambda: None)
+    monkeypatch.setattr(board.record, "agent_tag", lambda repo=".": asked.append(repo) or "me")
+    monkeypatch.setattr(board.record, "judge_identity", lambda repo=".": "judge")
+    monkeypatch.setattr(board, "read_run", lambda: None)
     entries = [dict(agent="me", setup="smoke", device="CPU x (2 cores)"), dict(agent="other", setup="small", device="GPU"),
                dict(agent="me", setup="", device="")]  # a crash: run.log had no summary
-    assert analysis.reader(entries * 100) == ("judge", "smoke", "CPU x (2 cores)") and len(asked) == 1
+    assert board.reader(entries * 100) == ("judge", "smoke", "CPU x (2 cores)") and len(asked) == 1

@@ -12,11 +12,12 @@ import time
 import pytest
 
 from conftest import ROOT
-from test_ratchet import decision, fake_run, field, git, make_repo, results
+from test_ratchet import decision, fake_run, git, make_repo, results
 
 sys.path.insert(0, str(ROOT))
 import analysis  # noqa: E402
-import record  # noqa: E402
+from harness import board, record  # noqa: E402
+from harness.run import empty_run  # noqa: E402
 
 HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
 
@@ -81,7 +82,7 @@ def test_an_upstream_log_keeps_its_one_baseline_run_and_confirm_finds_the_kept_i
     assert problems == [] and summary["baseline"]["commits"] == ["aaaaaaa"]
     assert summary["baseline"]["val_bpb"] == 0.9979 and summary["best"]["commit"] == "bbbbbbb"
     assert summary["experiments"] == {"keep": 1, "discard": 1, "crash": 0}
-    d = analysis.decide(rows, analysis.harness.run.empty_run(sha="x", val_bpb=0.99), "ddddddd", {})
+    d = analysis.decide(rows, empty_run(sha="x", val_bpb=0.99), "ddddddd", {})
     assert d["best"] == 0.9932 and d["noise"] == analysis.NOISE_FLOOR and d["noise_runs"] == 1
 
 
@@ -248,9 +249,9 @@ def test_board_and_decide_agree_on_best_and_count_no_baseline_run_as_an_experime
 
     entries = [entry("a", 1.329993, description="baseline"), entry("a", 1.331332, description="baseline run 2", t=1),
                entry("b", 1.3303, status="discard", t=2)]
-    b = record.board(entries, judge, "small", "CPU")
-    rows = list(record.fleet_logs(entries).values())[0]
+    b = board.board(entries, judge, "small", "CPU")
+    rows = list(board.fleet_logs(entries).values())[0]
     assert b["best"][0]["val_bpb"] == pytest.approx(analysis.best_of(rows)["val_bpb"]) == pytest.approx(1.3306625)
     assert b["agents"]["solo"]["experiments"] == 1 and b["agents"]["solo"]["keeps"] == 0
-    text = record.format_board(b)
+    text = board.format_board(b)
     assert text.startswith("board: 1 experiment by 1 agent\n")

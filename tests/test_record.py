@@ -11,7 +11,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import record  # noqa: E402
+from harness import board, record  # noqa: E402
 
 JUDGE = "prepare.py:1111111 analysis.py:2222222 pyproject.toml:-"
 
@@ -31,7 +31,7 @@ def bare_git(tmp_path, monkeypatch):
 
 
 def git(cwd, *args, check=True):
-    """git as the test (not record.py) runs it, with an identity for its own commits."""
+    """git as the test (not harness/record.py) runs it, with an identity for its own commits."""
     result = subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args],
                             cwd=cwd, capture_output=True, text=True)
     if check and result.returncode != 0:
@@ -119,7 +119,7 @@ def test_recording_touches_neither_work_tree_nor_index_nor_head(hub):
 LOOP = textwrap.dedent("""
     import os, subprocess, sys, time
     sys.path.insert(0, {root!r})
-    import record
+    from harness import record
     repo, tag, start, push = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "push"
     while not os.path.exists(start):
         time.sleep(0.001)
@@ -244,9 +244,9 @@ def test_hostile_entries_are_skipped_with_one_warning_and_never_best(hub):
     assert sorted(e["description"] for e in entries) == ["honest", "the one honest line"]
     assert sorted(warnings) == ["warning: hub log of agent evil: 16 malformed entries skipped",
                                 "warning: hub log of agent huge: log.jsonl is 4 MB, over the 4 MB cap; skipped"]
-    b = record.board(entries, JUDGE, "gpt-small", "H100")
+    b = board.board(entries, JUDGE, "gpt-small", "H100")
     assert [x["val_bpb"] for x in b["best"]] == [1.0]
-    assert "\x1b" not in record.format_board(b)
+    assert "\x1b" not in board.format_board(b)
 
 
 def test_another_judges_result_is_listed_apart_never_best(hub):
@@ -260,10 +260,10 @@ def test_another_judges_result_is_listed_apart_never_best(hub):
         record.record(repo, experiment(repo, f"# {val}\n"), val, 1, "keep", "x", setup="s", device="d")
         record.push(repo)
     record.fetch(a)
-    b = record.board(record.read_record(a)[0], mine, "s", "d")
+    b = board.board(record.read_record(a)[0], mine, "s", "d")
     assert [(x["agent"], x["val_bpb"]) for x in b["best"]] == [("a", 1.0)]
     assert {(x["agent"], x["comparable"]) for x in b["experiments"]} == {("a", True), ("cheat", False)}
-    assert b["other_judge"] == 1 and "1 judged by another judge" in record.format_board(b)
+    assert b["other_judge"] == 1 and "1 judged by another judge" in board.format_board(b)
 
 
 def test_worktrees_of_one_clone_see_each_other_with_no_hub(tmp_path):
@@ -290,7 +290,7 @@ def test_best_is_per_setup_and_device_and_only_kept_results_count():
          good("c", 1.3, setup="s1", device="cpu"), good("c", 1.2, setup="s2", device="H100"),
          good("d", 0.1, setup="s2", device="H100", judge="prepare.py:other")]
     entries = [record.validate(x, x["agent"]) for x in e]
-    b = record.board(entries, JUDGE, "s1", "H100")
+    b = board.board(entries, JUDGE, "s1", "H100")
     assert {(x["setup"], x["device"], x["agent"], x["val_bpb"]) for x in b["best"]} == {
         ("s1", "H100", "b", 0.9), ("s1", "cpu", "c", 1.3), ("s2", "H100", "c", 1.2)}
     assert b["comparable"] == 3
@@ -317,8 +317,8 @@ def test_board_text_is_short_and_says_what_happened():
                                     val_bpb=0.0 if i % 3 == 2 else 1 + i / 1000, time=1e9 + i,
                                     commit="a" * 40 if i < 30 else f"{i:040x}",
                                     description=f"idea {i}"), f"agent{i % 30}") for i in range(300)]
-    b = record.board(entries, JUDGE, "gpt-small", "H100")
-    text = record.format_board(b)
+    b = board.board(entries, JUDGE, "gpt-small", "H100")
+    text = board.format_board(b)
     assert len(text.splitlines()) <= 25
     assert "idea 299" in text and "crashed" in text and "discarded" in text and "kept" in text
     assert "agent0" in text and "aaaaaaa" in text and "comparable" in text
@@ -332,7 +332,7 @@ def test_fleet_logs_have_read_logs_shape():
     row = analysis.parse_row(["abcdef1", "1.0", "40.0", "keep", "idea"])
     entries = [record.validate(good("b", 1.0, time=2), "b"), record.validate(good("a", 1.2, time=5), "a"),
                record.validate(good("a", 1.1, time=1, status="discard"), "a")]
-    logs = record.fleet_logs(entries)
+    logs = board.fleet_logs(entries)
     assert set(logs) == {"a", "b"}
     assert [(r["val_bpb"], r["index"]) for r in logs["a"]] == [(1.1, 1), (1.2, 2)]
     assert set(logs["a"][0]) == set(row) | {"index"} and logs["a"][0]["commit"] == "aaaaaaa"

@@ -15,7 +15,6 @@ import time
 import pytest
 import torch
 
-import machinery
 from harness import clock as budget
 from conftest import ROOT, TRAIN, train_definitions
 SUMMARY = [  # the nine lines the agent greps, with their formats
