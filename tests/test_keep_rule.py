@@ -1,0 +1,188 @@
+"""The keep rule (harness/keep_rule.py): its decisions on hand-made nights, and its targets on
+generated ones (tests/simulate_rule.py): no-op changes kept at most 5% of the time whatever the
+machine does, real gains of 4 noises kept at least 80% of the time where the drift is the size
+measured, and at most a quarter fewer experiments per night than today's rule on a quiet machine."""
+import functools
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import simulate_rule  # noqa: E402
+from harness import keep_rule  # noqa: E402
+
+MIN = 60  # the runs' clock in seconds; they finish 6 minutes apart
+
+
+def r(commit, role, val, minute, steps=200):
+    return {"commit": commit, "role": role, "val_bpb": val, "steps": steps, "time": minute * MIN}
+
+
+def quiet_night():
+    """The baseline twice and the incumbent (still the baseline) twice more: three noise pairs
+    whose differences are 0.004, -0.004 and 0.004 (noise 0.004/sqrt(2) each)."""
+    return [r("base", "baseline", 1.400, 6), r("base", "baseline", 1.404, 12),
+            r("base", "incumbent", 1.400, 18), r("base", "incumbent", 1.404, 24)]
+
+
+def test_a_lucky_first_run_never_passes_alone():
+    night = quiet_night()
+    d = keep_rule.decide(night, r("c1", "candidate", 1.300, 30), "base")
+    assert (d["decision"], d["who"], d["stage"]) == ("run", "candidate", "screen")
+    assert "promising" in d["reason"]
+
+
+def test_an_unpromising_first_run_is_discarded_at_once():
+    d = keep_rule.decide(quiet_night(), r("c1", "candidate", 1.405, 30), "base")
+    assert d["decision"] == "discard" and d["gain"] < 0
+    assert "first run" in d["reason"] and "discard" in d["reason"]
+
+
+def test_the_run_that_triggered_the_confirmation_is_never_its_evidence():
+    """A first run far better than the incumbent, then a second run and an incumbent run beside it
+    that are level: no gain, discarded. Counting the first run would make it a gain of 0.051."""
+    night = quiet_night() + [r("c1", "candidate", 1.300, 30), r("c1", "candidate", 1.402, 36)]
+    d = keep_rule.decide(night, r("base", "incumbent", 1.402, 42), "base")
+    assert d["decision"] == "discard", d["reason"]
+    assert (d["candidate_runs"], d["candidate_mean"], d["gain"]) == (1, pytest.approx(1.402), pytest.approx(0))
+
+
+def test_a_real_gain_is_kept_on_runs_beside_the_incumbent():
+    night = quiet_night() + [r("c1", "candidate", 1.380, 30), r("c1", "candidate", 1.382, 36)]
+    d = keep_rule.decide(night, r("base", "incumbent", 1.401, 42), "base")
+    assert (d["decision"], d["kind"]) == ("keep", "gain")
+    assert d["gain"] == pytest.approx(1.401 - 1.382)
+    assert (d["candidate_runs"], d["incumbent_runs"]) == (1, 1)
+    # the one line a human checks: the gain, how many runs each side rests on, the noise and its repeats
+    for words in ("gain 0.0190", "1 run since its first", "incumbent's 1 run beside", "from 3 repeats", "keep"):
+        assert words in d["reason"]
+
+
+def test_the_confirmation_alternates_candidate_and_incumbent():
+    """ABBA after the screen: candidate, incumbent, incumbent, candidate; a keep only at a balanced look."""
+    night = quiet_night() + [r("c1", "candidate", 1.390, 30)]
+    assert keep_rule.decide(night[:-1], night[-1], "base")["who"] == "candidate"
+    night.append(r("c1", "candidate", 1.397, 36))
+    assert keep_rule.decide(night[:-1], night[-1], "base")["who"] == "incumbent"
+    night.append(r("base", "incumbent", 1.402, 42))  # gain 0.005: borderline
+    d = keep_rule.decide(night[:-1], night[-1], "base")
+    assert (d["decision"], d["who"]) == ("run", "incumbent")
+    night.append(r("base", "incumbent", 1.402, 48))
+    d = keep_rule.decide(night[:-1], night[-1], "base")
+    assert (d["decision"], d["who"]) == ("run", "candidate")  # 1 against 2: no keep at an unbalanced look
+
+
+def test_an_old_incumbent_runs_again_before_the_screen():
+    night = quiet_night()
+    d = keep_rule.decide(night, r("c1", "candidate", 1.300, 24 + 90), "base")
+    assert (d["decision"], d["who"]) == ("run", "incumbent")
+    assert "90 min old" in d["reason"]
+    d = keep_rule.decide(night + [r("c1", "candidate", 1.300, 114)], r("base", "incumbent", 1.401, 120), "base")
+    assert (d["decision"], d["who"]) == ("run", "candidate")  # now screened against the fresh run
+
+
+def test_runs_from_before_the_machine_changed_speed_are_not_compared():
+    """The candidate's first run fitted 240 steps where the incumbent's latest fitted 200: whatever
+    the candidate changed, the incumbent runs again before any comparison; once its own steps say
+    the machine changed, its old runs are not compared."""
+    night = quiet_night()
+    d = keep_rule.decide(night, r("c1", "candidate", 1.330, 30, steps=240), "base")
+    assert (d["decision"], d["who"]) == ("run", "incumbent")
+    night += [r("c1", "candidate", 1.330, 30, steps=240)]
+    d = keep_rule.decide(night, r("base", "incumbent", 1.335, 36, steps=240), "base")
+    assert d["incumbent_runs"] == 1 and d["incumbent_mean"] == pytest.approx(1.335)  # not the 200-step runs
+
+
+def test_too_few_repeats_make_the_incumbent_run_first():
+    night = quiet_night()[:2]  # the baseline pair only: one repeat
+    d = keep_rule.decide(night, r("c1", "candidate", 1.300, 18), "base")
+    assert (d["decision"], d["who"]) == ("run", "incumbent")
+
+
+def test_pooled_noise_uses_every_repeat():
+    """Baseline, incumbent and candidate re-runs all count; a pair more than PAIR_GAP_S apart and
+    a pair whose steps disagree (two machines) do not."""
+    night = [r("base", "baseline", 1.400, 6), r("base", "baseline", 1.406, 12),   # d = 0.006
+             r("c1", "candidate", 1.390, 18), r("c1", "candidate", 1.392, 24),    # d = 0.002
+             r("base", "incumbent", 1.403, 30),                                   # d = -0.003 after 1.406
+             r("c2", "candidate", 1.380, 40), r("c2", "candidate", 1.300, 46, steps=240),  # two machines
+             r("c3", "candidate", 1.400, 50), r("c3", "candidate", 1.500, 50 + 76)]        # too far apart
+    noise, repeats, df = keep_rule.pooled_noise(night)
+    assert repeats == 3
+    assert noise == pytest.approx(((0.006 ** 2 + 0.002 ** 2 + 0.003 ** 2) / 2 / 3) ** 0.5)
+    assert df == pytest.approx(2 * 4 / 5 + 1)  # a chain of three runs counts 1.6, a pair 1
+
+
+def test_the_noise_never_falls_below_the_floor():
+    night = [r("base", "baseline", 1.4, 6), r("base", "baseline", 1.4, 12)]
+    assert keep_rule.pooled_noise(night)[0] == keep_rule.NOISE_FLOOR
+
+
+def test_a_confirmation_judges_with_the_noise_the_screen_saw():
+    """The runs being judged never also set the bar: a second run far from the first would widen
+    the noise of the night, but not this decision's."""
+    night = quiet_night() + [r("c1", "candidate", 1.380, 30)]
+    screened = keep_rule.decide(night[:-1], night[-1], "base")
+    night.append(r("c1", "candidate", 1.330, 36))
+    d = keep_rule.decide(night, r("base", "incumbent", 1.401, 42), "base")
+    assert (d["noise"], d["repeats"]) == (screened["noise"], screened["repeats"])
+
+
+def test_a_shorter_train_py_no_worse_is_kept_as_simpler():
+    night = quiet_night() + [r("c1", "candidate", 1.401, 30), r("c1", "candidate", 1.401, 36)]
+    d = keep_rule.decide(night, r("base", "incumbent", 1.401, 42), "base", shorter_by=5)
+    assert (d["decision"], d["kind"]) == ("keep", "simpler")
+    d = keep_rule.decide(night, r("base", "incumbent", 1.401, 42), "base", shorter_by=0)
+    assert d["decision"] == "discard"
+
+
+def test_deleting_a_comment_is_not_a_shorter_train_py():
+    comment = "diff --git a/train.py b/train.py\n--- a/train.py\n+++ b/train.py\n@@ -1,3 +1,1 @@\n-# why\n-\n x = 1\n"
+    code = "diff --git a/train.py b/train.py\n--- a/train.py\n+++ b/train.py\n@@ -1,3 +1,2 @@\n-y = 2\n-z = y  # z\n+z = 2\n"
+    assert keep_rule.code_lines_changed(comment) == (0, 0)
+    assert keep_rule.code_lines_changed(code) == (1, 2)
+
+
+def test_the_t_quantile_matches_the_table():
+    for p, df, table in ((0.95, 1, 6.314), (0.95, 2, 2.920), (0.95, 3, 2.353), (0.95, 5, 2.015),
+                         (0.85, 10, 1.093), (0.85, 30, 1.055), (0.99, 4, 3.747)):
+        assert keep_rule.t_quantile(p, df) == pytest.approx(table, abs=0.005)
+
+
+# ---------------------------------------------------------------------------------------------
+# The targets, on generated nights (fixed seeds)
+
+NIGHTS = 120
+STRESS_NIGHTS = 60
+
+
+@functools.lru_cache(maxsize=None)
+def simulated(scenario, rule="new"):
+    nights = STRESS_NIGHTS if scenario in simulate_rule.STRESS else NIGHTS
+    return simulate_rule.simulate(scenario, rule, nights, seed="ci")
+
+
+@pytest.mark.parametrize("scenario", simulate_rule.SCENARIOS)
+def test_no_op_changes_are_kept_at_most_5_percent_of_the_time(scenario):
+    result = simulated(scenario)
+    assert result["n"]["no-op"] > 300
+    assert result["kept"]["no-op"] <= 0.05, result
+
+
+@pytest.mark.parametrize("scenario", [s for s in simulate_rule.SCENARIOS if s not in simulate_rule.STRESS])
+def test_real_gains_of_4_noises_are_kept_at_least_80_percent_of_the_time(scenario):
+    result = simulated(scenario)
+    assert result["n"]["4x"] > 100
+    assert result["kept"]["4x"] >= 0.80, result
+
+
+def test_the_night_loses_at_most_a_quarter_of_its_experiments_on_a_quiet_machine():
+    assert simulated("quiet")["experiments"] >= 0.75 * simulated("quiet", "today")["experiments"]
+
+
+def test_today_s_rule_as_simulated_keeps_luck():
+    """The simulation replays today's rule faithfully enough to show what issue 22 measured: a
+    quarter or more of the no-ops kept on a steady machine."""
+    assert simulated("quiet", "today")["kept"]["no-op"] > 0.15
