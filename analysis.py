@@ -36,8 +36,9 @@ import json
 import os
 import statistics
 import sys
+import time
 
-from harness import board, record, run as runner
+from harness import board, keep_rule, record, run as runner
 from harness.cache import VAL_ROWS_FILE, CACHE_DIR, read_json, write_json_atomically
 from harness.chart import plot, shorten, staircase, y_limits  # noqa: F401 (staircase, y_limits: tests read the chart's numbers)
 from harness.confirm import confirm
@@ -98,6 +99,10 @@ def format_text(summary, path):
            f"(keep rate {summary['keep_rate']:.0%})"]
     if summary["setup"] == "smoke":
         out.append("smoke is an install check: these numbers only prove that the loop runs")
+    again = [v for _, v in summary.get("incumbent_runs") or []]
+    if again:
+        out.append(f"the incumbent ran again {len(again)} time{'s' * (len(again) != 1)} beside experiments, "
+                   f"{min(again):.6f} to {max(again):.6f}: the machine's drift (the chart's x marks)")
     base, best = summary["baseline"], summary["best"]
     if base is None:
         out.append("no completed run yet" + (" (only crashes)" if total else ""))
@@ -160,13 +165,12 @@ def save_state(state):
         write_json_atomically(path, state)
 
 
-def lines_changed(since):
-    """(added, deleted) lines of train.py from the commit `since` to HEAD, or None."""
-    out = since and git_out("diff", "--numstat", since, "HEAD", "--", "train.py")
-    if not out:
-        return None if out is None else (0, 0)
-    added, deleted = out.split()[:2]
-    return (int(added), int(deleted)) if added.isdigit() and deleted.isdigit() else None
+def shorter_by(since, commit):
+    """Lines of code (not comments, not blank lines) train.py lost from the commit `since` to
+    `commit`: deleted minus added; 0 when unknown."""
+    diff = since and commit and git_out("diff", since, commit, "--", "train.py")
+    added, deleted = keep_rule.code_lines_changed(diff or "")
+    return deleted - added
 
 
 LOG_BASELINE_CRASH = "Log it as crash, description `baseline` (a crash never becomes the bar)"
@@ -207,20 +211,24 @@ NEXT = {
     "no change": "run.log ran the last kept commit: it measured no change. Edit train.py and Commit before you Run.",
     "spoiled": ("don't log it. Run again (same commit), then Decide. (If this commit is that slow again, "
                 "Decide judges it as it is.)"),
-    "rerun": "don't log it. Run again (no edit, no commit), then Decide: the mean of both runs decides.",
+    "rerun": "don't log it. Run again (no edit, no commit), then Decide: the keep rule needs another run of it.",
+    "incumbent": ("don't log it. Run again (no edit, no commit), then Decide: this time Run trains the incumbent "
+                  "(the last kept commit) in a temporary worktree, beside your candidate."),
+    "incumbent failed": "don't log it. Run again (no edit, no commit), then Decide: the incumbent's run failed.",
     "keep": "Log it as keep. The commit stays: the branch has advanced.",
     "discard": "Log it as discard, then Discard.",
 }
 
 
-def decide(rows, run, head, state, changed=None):
+def decide(rows, run, head, state, shorter_by=0):
     """program.md's rule, applied to the log so far and this run.log (`head`: the commit it ran).
     Pure: returns a dict with `decision` (keep, discard, rerun, crash; None when there is nothing
     to decide), `step` (which case of the rule: NEXT says what to do), `why`, the numbers, `value`
-    (what Log writes: the mean of a re-run pair) and the state to save."""
+    and `commit` (what Log writes: the candidate's mean, under the candidate's commit) and the
+    state to save. `shorter_by`: lines of code train.py lost against the incumbent."""
     state = json.loads(json.dumps(state))  # a copy: Log judges without saving
     d = {"decision": None, "step": None, "best": None, "noise": None, "gain": None, "value": None,
-         "pair": None, "why": "", "state": state, "head": head}
+         "why": "", "state": state, "head": head, "commit": head}
     if run is None or run["sha"] in state.get("logged", []):
         return {**d, "step": "no run" if run is None else "logged"}
     if run["refused"]:
@@ -241,35 +249,64 @@ def decide(rows, run, head, state, changed=None):
     runs = baseline_rows(rows)
     in_baseline = not runs or (not experiments_begun(rows, runs) and same_commit(head, runs[0]["commit"])
                                and (len(runs) < 2 or (len(runs) == 2 and disagreeing(state))))
+    beside = run["role"] == "incumbent"  # the keep rule asked for the last kept commit's run
     if crashed(run):
+        if beside:  # it ran before: the machine's fault, or the harness's, never the candidate's
+            return {**d, "decision": "rerun", "step": "incumbent failed", "why": run["timeout"] or run["error"]}
         step = ("mismatch" if run["mismatch"] else "crash" if not in_baseline else "baseline busy"
                 if stretched(run) else "baseline timeout" if run["timeout"] else "baseline crash")
         return {**d, "decision": "crash", "step": step, "why": run["mismatch"] or run["timeout"] or run["fail"] or (
             "out of memory" if run["oom"] else run["error"] or "no val_bpb in run.log")}
     d["value"] = run["val_bpb"]
-    if not in_baseline:
-        base = baseline_of(rows)
-        steps = bar_lowerings(rows, base["val_bpb"])
-        d.update(noise=base["noise"] or NOISE_FLOOR, best=steps[-1]["val_bpb"] if steps else base["val_bpb"],
-                 best_row=steps[-1] if steps else None, noise_runs=base["runs"])
-        kept = [r["commit"] for r in rows if r["status"] == "keep"]
-        if kept and same_commit(head, kept[-1]):
-            return {**d, "step": "no change"}
+    if not in_baseline and not beside and same_commit(head, kept_commit(rows)):
+        return {**d, "step": "no change"}
     why = spoiled(run, head, state, paced=bool(runs))  # the baseline's too: a starved run sets no bar
     if why:
         state["spoiled"] = {"commit": head, "sha": run["sha"]}
         return {**d, "decision": "rerun", "step": "spoiled", "why": why}
     if in_baseline:
+        note_run(state, run, head, "baseline")
         return {**d, **judge_baseline(runs, run, state)}
-    pending = state.get("pending") or {}
-    if pending.get("commit") == head and pending.get("sha") != run["sha"]:
-        d["pair"] = (pending["val_bpb"], run["val_bpb"])
-        d["value"] = (pending["val_bpb"] + run["val_bpb"]) / 2
-    d["gain"] = d["best"] - d["value"]
-    d["decision"], d["why"] = judge_gain(d["gain"], d["noise"], d["pair"], changed)
-    if d["decision"] == "rerun":
-        state["pending"] = {"commit": head, "val_bpb": run["val_bpb"], "sha": run["sha"]}
-    return {**d, "step": d["decision"]}
+    d.update(judge_experiment(rows, run, head, state, shorter_by))
+    if d["decision"] and (state.get("spoiled") or {}).get("commit") == d["commit"]:
+        d["why"] = f"a run of this commit was spoiled, the others are judged as they are: {d['why']}"
+    return d
+
+
+def kept_commit(rows):
+    """The incumbent: the last kept commit, the one Discard returns to (None before any run)."""
+    kept = [r["commit"] for r in rows if r["status"] == "keep"]
+    return kept[-1] if kept else None
+
+
+def note_run(state, run, head, role):
+    """This run into the night's history of valid runs (state["runs"], what the keep rule reads):
+    once per run.log, however many times Decide reads it."""
+    night = state.setdefault("runs", [])
+    if not any(r["sha"] == run["sha"] for r in night):
+        night.append({"commit": head, "role": role, "val_bpb": run["val_bpb"], "steps": pace_of(run),
+                      "time": run["finished"] or time.time(), "sha": run["sha"]})
+    return next(r for r in night if r["sha"] == run["sha"])
+
+
+def judge_experiment(rows, run, head, state, shorter_by):
+    """An experiment's run, or the incumbent's run beside it, judged by the keep rule
+    (harness/keep_rule.py) against the night's history: keep, discard, or another run and whose.
+    The verdict is about the candidate, the commit Log writes."""
+    this = note_run(state, run, head, run["role"])
+    night = [r for r in state["runs"] if r is not this]
+    if not any(r["role"] == "candidate" for r in state["runs"]):
+        return {"step": "no change"}  # an incumbent's run with no candidate to judge
+    v = keep_rule.decide(night, this, kept_commit(rows), shorter_by)
+    state.pop("next", None)
+    out = {"why": v["reason"], "noise": v["noise"], "repeats": v["repeats"], "gain": v["gain"],
+           "needed": v["needed"], "verdict": v, "value": v["candidate_mean"],
+           "commit": keep_rule.pending_candidate(state["runs"])}
+    if v["decision"] != "run":
+        return {**out, "decision": v["decision"], "step": v["decision"]}
+    if v["who"] == "incumbent":
+        state["next"] = {"role": "incumbent", "commit": kept_commit(rows)}
+    return {**out, "decision": "rerun", "step": "incumbent" if v["who"] == "incumbent" else "rerun"}
 
 
 def judge_baseline(done, run, state):
@@ -372,30 +409,16 @@ def stretched(run):
     return None
 
 
-def judge_gain(gain, noise, pair, changed):
-    """(decision, why) for a finished run that is not the baseline's."""
-    if gain > noise:
-        return "keep", "gain above the noise"
-    if changed is not None and changed[1] > changed[0] and gain >= -noise:
-        return "keep", f"simpler: train.py is {changed[1] - changed[0]} lines shorter, and the loss is within the noise"
-    if pair:
-        return ("keep" if gain > 0 else "discard"), f"the mean of the two runs {'beats' if gain > 0 else 'does not beat'} the best"
-    if gain > 0:
-        return "rerun", "a gain within the noise: it needs a second run"
-    return "discard", "no gain"
-
-
 def loop_inputs(log):
     """The log, run.log, the commit run.log ran (its first line says; else HEAD), the state, and
-    train.py's line changes since the last kept commit. Raises ValueError (one line to print) for
+    the lines of code train.py lost since the last kept commit (at HEAD). Raises ValueError (one line to print) for
     a log that cannot be read unambiguously: the rule never decides from a guess at it."""
     rows, problems = read_log(log) if os.path.exists(log) else ([], [])
     if problems:
         raise ValueError(problem_line(log, problems))
     run = read_run()
     head = (run and run["commit"]) or git_out("rev-parse", "--short=7", "HEAD")
-    kept = [r["commit"] for r in rows if r["status"] == "keep"]
-    return rows, run, head, load_state(), lines_changed(kept[-1] if kept else None)
+    return rows, run, head, load_state(), shorter_by(kept_commit(rows), "HEAD")
 
 
 def show_decision(d, run):
@@ -409,15 +432,19 @@ def show_decision(d, run):
                 parts.append(fmt.format(run[key] * scale))
         ran = f"ran commit {d['head']}" if run["commit"] else f"commit {d['head']} is HEAD: run.log does not name its commit"
         print(f"run.log:  {', '.join(parts)} ({ran})")
-    if d["pair"]:
-        print(f"pair:     mean of {d['pair'][0]:.6f} and {d['pair'][1]:.6f} = {d['value']:.6f}")
     if d["best"] is not None:
-        where = (f"commit {d['best_row']['commit']}" if d.get("best_row") else "the baseline's mean")
-        print(f"best:     {d['best']:.6f} ({where})")
+        print(f"best:     {d['best']:.6f} (the baseline's mean)")
+    v = d.get("verdict")
+    if v and v["candidate_mean"] is not None:
+        print(f"runs:     candidate {d['commit']} {v['candidate_mean']:.6f} ({v['candidate_runs']} run"
+              f"{'s' * (v['candidate_runs'] != 1)}), incumbent {v['incumbent_mean']:.6f} ({v['incumbent_runs']} run"
+              f"{'s' * (v['incumbent_runs'] != 1)} beside it)")
     if d["noise"] is not None:
-        print(f"noise:    {d['noise']:.6f}" + (" (the floor: the baseline ran once)" if d.get("noise_runs") == 1 else ""))
+        print(f"noise:    {d['noise']:.6f}" + (f" (one run's, pooled from {d['repeats']} repeats of the night)"
+                                               if v else ""))
     if d["gain"] is not None:
-        print(f"gain:     {d['gain']:+.6f} (best - this run; above the noise keeps)")
+        print(f"gain:     {d['gain']:+.6f} (the incumbent's mean - the candidate's; a keep needs more than "
+              f"{d['needed']:.6f})")
     if d["decision"]:
         print(f"decision: {d['decision']}")
     if d["why"]:
@@ -427,10 +454,10 @@ def show_decision(d, run):
 
 def cmd_decide(log):
     try:
-        rows, run, head, state, changed = loop_inputs(log)
+        rows, run, head, state, shorter = loop_inputs(log)
     except ValueError as e:
         fail(str(e))
-    d = decide(rows, run, head, state, changed)
+    d = decide(rows, run, head, state, shorter)
     show_decision(d, run)
     save_state(d["state"])
     return 0 if d["decision"] else 1
@@ -438,10 +465,13 @@ def cmd_decide(log):
 
 def cmd_run(log):
     """program.md's Run: train.py once under the harness's watchdog (harness/run.py), refused where
-    the judge differs from the baseline's commit (the log's first row)."""
+    the judge differs from the baseline's commit (the log's first row); the incumbent's train.py
+    instead when the keep rule asked for it (Decide left that in the state)."""
     rows = read_log(log)[0] if os.path.exists(log) else []
     runs = baseline_rows(rows)
-    return runner.run(baseline_commit=(runs or rows or [{"commit": None}])[0]["commit"])
+    beside = load_state().get("next") or {}
+    return runner.run(baseline_commit=(runs or rows or [{"commit": None}])[0]["commit"],
+                      incumbent=beside.get("commit") if beside.get("role") == "incumbent" else None)
 
 
 def cmd_log(log, typed, description):
@@ -452,10 +482,10 @@ def cmd_log(log, typed, description):
         fail(f"status {typed.strip()!r} is not keep, discard or crash")
     description = " ".join(description.replace("\t", " ").split()) or "(no description)"
     try:
-        rows, run, head, state, changed = loop_inputs(log)
+        rows, run, head, state, shorter = loop_inputs(log)
     except ValueError as e:
         fail(f"nothing logged: {e}")
-    d = decide(rows, run, head, state, changed)
+    d = decide(rows, run, head, state, shorter)
     if d["step"] in ("no run", "logged", "refused", "no data"):
         fail({"no run": "there is no run.log to log: Run first",
                       "logged": "this run.log is already logged in results.tsv: go on with the loop",
@@ -473,20 +503,16 @@ def cmd_log(log, typed, description):
     else:
         value = round(d["value"] if d["value"] is not None else run["val_bpb"], 6)  # as results.tsv holds it
         memory = (run["peak_vram_mb"] or 0.0) / 1024
-        if d["pair"]:
-            description += f" (mean of 2 runs: {d['pair'][0]:.6f} {d['pair'][1]:.6f})"
         if d.get("baseline_pair"):  # baseline_of reads the bar's two runs from here
             description = "baseline run 3 (the bar: runs {} and {})".format(*d["baseline_pair"])
-    print(append_row(log, {"commit": head, "val_bpb": value, "memory_gb": memory, "status": status,
+    commit = d["commit"] or head  # an incumbent's run decides the candidate's row
+    print(append_row(log, {"commit": commit, "val_bpb": value, "memory_gb": memory, "status": status,
                             "description": description}))
-    state = load_state()
-    if d["step"] in ("baseline 1", "baseline 2", "baseline disagree", "baseline 3"):
-        state["baseline_runs"] = d["state"]["baseline_runs"]
+    state = d["state"]  # what Decide would have saved, and this run.log logged
     state["logged"] = (state.get("logged", []) + [run["sha"]])[-50:]
-    if (state.get("pending") or {}).get("commit") == head:
-        state.pop("pending")
+    state.pop("next", None)
     save_state(state)
-    share(run, head, value, memory, status, description)
+    share(run, commit, value, memory, status, description)
     return 0
 
 
@@ -514,10 +540,26 @@ def default_logs():
     return (["results.tsv"] if os.path.exists("results.tsv") or not found else []) + found
 
 
+def incumbent_runs(rows, log_path):
+    """The incumbent's runs beside the experiments, from the night's history beside the log (the
+    state in its checkout's git folder): [(x, val_bpb)], x just before the row of the experiment
+    each ran beside. [] for a log with no history there (an old log, another agent's series)."""
+    gitdir = git_out("-C", os.path.dirname(os.path.abspath(log_path)), "rev-parse", "--absolute-git-dir")
+    history = read_json(os.path.join(gitdir, STATE)).get("runs", []) if gitdir and os.path.exists(log_path) else []
+    points, x = [], None
+    for r in history if isinstance(history, list) else []:
+        if r.get("role") == "candidate":
+            x = next((row["index"] for row in rows if same_commit(row["commit"], r.get("commit"))), None)
+        elif r.get("role") == "incumbent" and x is not None:
+            points.append((x - 0.3, r["val_bpb"]))
+    return points
+
+
 def report(logs, args, fleet=()):
     """The summary of one log, or of several (one per GPU or agent) with an overall line, then the
     fleet's lines (fleet_lines); and the chart."""
-    logs = [(path, rows, summarize(rows, night_setup(path)), skipped) for path, rows, skipped in logs]
+    logs = [(path, rows, {**summarize(rows, night_setup(path)), "incumbent_runs": incumbent_runs(rows, path)},
+             skipped) for path, rows, skipped in logs]
     png = None  # beside the log; for several, in the current folder
     if not args.no_png:
         png = os.path.abspath(os.path.join(os.path.dirname(logs[0][0]) if len(logs) == 1 else "", "progress.png"))

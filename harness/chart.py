@@ -85,6 +85,15 @@ def draw_log(ax, rows, base, high, color, name=None):
     return xs, ys
 
 
+def draw_reruns(ax, points, low, high):
+    """The incumbent's runs beside each experiment (x, val_bpb), as the keep rule asked for them: an
+    unchanged commit measured through the night, so the machine's drift is there to see."""
+    inside = [(x, y) for x, y in points if low <= y <= high]
+    if inside:
+        ax.scatter(*zip(*inside), marker="x", s=28, color="0.35", linewidths=1.2, zorder=3,
+                   label="the incumbent, run again beside an experiment")
+
+
 def draw_details(ax, rows, summary, xs, ys, low, high, png_path):
     """What only a one-log chart shows: crashes, the noise band, Confirm's test_bpb, descriptions."""
     from matplotlib.transforms import blended_transform_factory
@@ -147,6 +156,7 @@ def plot(logs, png_path):
         fig.savefig(png_path, bbox_inches="tight")
         return plt.close(fig)
     vals = [r for _, rows, _ in drawn for r in rows if r["status"] != "crash"]
+    vals += [{"status": "keep", "val_bpb": y} for _, _, s in drawn for _, y in s.get("incumbent_runs") or []]
     low, high = y_limits(vals, max(s["baseline"]["val_bpb"] for _, _, s in drawn))
     n = max(rows[-1]["index"] for _, rows, _ in drawn)
     ax.set_xlim(0.3, n + 0.7 + 0.02 * n)
@@ -161,6 +171,7 @@ def plot(logs, png_path):
             draw_log(ax, rows, base, high, color, f"{name}: {base['val_bpb']:.4f} → {summary['best']['val_bpb']:.4f}")
         else:
             draw_details(ax, rows, summary, *draw_log(ax, rows, base, high, color), low, high, png_path)
+            draw_reruns(ax, summary.get("incumbent_runs") or [], low, high)
             ax.text(0, 1.015, subtitle(summary), transform=ax.transAxes, fontsize=11, color="0.3", va="bottom")
     finish_chart(fig, ax, "experiment #" + (" (per log)" if len(logs) > 1 else ""), png_path)
     plt.close(fig)

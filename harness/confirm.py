@@ -13,14 +13,11 @@ import sys
 import tempfile
 import time
 
-from harness import JUDGE_FILES, runrecord
+from harness import runrecord
 from harness.cache import TEST_ROWS_FILE, CACHE_DIR, write_json_atomically
 from harness.errors import fail
 from harness.results import baseline_of, best_of
-from harness.run import TIMEOUT, run_summary
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
+from harness.run import TIMEOUT, judged_worktree, remove_worktree, run_summary
 
 def confirmation_run(worktree, log_path):
     """train.py once in confirmation mode: ({val_bpb, test_bpb, num_steps}, None) or (None, why),
@@ -83,26 +80,13 @@ def confirmation_path(beside):
     return os.path.join(os.path.dirname(os.path.abspath(beside)), "confirm.json")
 
 
-def add_worktree(path, commit):
-    """A temporary checkout of `commit`, judged by this checkout's judge: its JUDGE_FILES, and the
-    harness and machinery.py they import (old commits have neither the test split's scoring nor
-    the run record; their train.py imports machinery.py, whose budget_clock is now harness's)."""
-    subprocess.run(["git", "worktree", "add", "--quiet", "--detach", path, commit], check=True, capture_output=True)
-    for name in JUDGE_FILES + ("machinery.py",):
-        if os.path.exists(os.path.join(ROOT, name)):
-            os.makedirs(os.path.dirname(os.path.join(path, name)), exist_ok=True)
-            shutil.copy(os.path.join(ROOT, name), os.path.join(path, name))
-    shutil.copytree(os.path.join(ROOT, "harness"), os.path.join(path, "harness"), dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("__pycache__"))
-
-
 def confirm_runs(targets, n_runs, tmp, say):
     """Train each target n_runs times in its own worktree, alternating (a slow spell of the machine
     hits both): {side: [{figures, crash}]}. The caller removes the worktrees, even when interrupted."""
     runs, t0 = {side: [] for side in targets}, time.time()
     order = list(targets) * n_runs
     for side, row in targets.items():
-        add_worktree(os.path.join(tmp, side), row["commit"])
+        judged_worktree(os.path.join(tmp, side), row["commit"])
     for i, side in enumerate(order, 1):
         elapsed = time.time() - t0
         left = f", about {elapsed / (i - 1) * (len(order) - i + 1) / 60:.0f} min left" if i > 1 else ""
@@ -137,9 +121,8 @@ def confirm(rows, log, n_runs, as_json):
         fail(f"git worktree add failed: {e.stderr.decode().strip()}")
     finally:
         for side in ("baseline", "best"):
-            subprocess.run(["git", "worktree", "remove", "--force", os.path.join(tmp, side)], capture_output=True)
+            remove_worktree(os.path.join(tmp, side))
         shutil.rmtree(tmp, ignore_errors=True)
-        subprocess.run(["git", "worktree", "prune"], capture_output=True)
     result = {**confirmation_verdict(runs, base["noise"]), "runs": runs}
     for side, row in (("baseline", base), ("best", best)):
         result[side] = {"commit": row["commit"], "index": row["index"], "logged_val_bpb": row["val_bpb"],

@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 from harness import JUDGE_FILES, runrecord
@@ -70,7 +71,30 @@ def refusal(baseline_commit):
     return None
 
 
-def new_record(commit, baseline_commit):
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def judged_worktree(path, commit):
+    """A temporary checkout of `commit` judged by this checkout's judge: its JUDGE_FILES, and the
+    harness and machinery.py they import, copied over the commit's own (an old commit has neither
+    the test split's scoring nor the run record; its train.py imports machinery.py, whose
+    budget_clock is now harness's). The caller removes it (remove_worktree), however it ends."""
+    subprocess.run(["git", "worktree", "add", "--quiet", "--detach", path, commit], check=True, capture_output=True)
+    for name in JUDGE_FILES + ("machinery.py",):
+        if os.path.exists(os.path.join(ROOT, name)):
+            os.makedirs(os.path.dirname(os.path.join(path, name)), exist_ok=True)
+            shutil.copy(os.path.join(ROOT, name), os.path.join(path, name))
+    shutil.copytree(os.path.join(ROOT, "harness"), os.path.join(path, "harness"), dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def remove_worktree(path):
+    subprocess.run(["git", "worktree", "remove", "--force", path], capture_output=True)
+    shutil.rmtree(path, ignore_errors=True)
+    subprocess.run(["git", "worktree", "prune"], capture_output=True)
+
+
+def new_record(commit, baseline_commit, role):
     """A fresh record folder for this run, its run.json written; old records beyond KEEP_RECORDS go."""
     base = records_dir()
     os.makedirs(base, exist_ok=True)
@@ -79,7 +103,7 @@ def new_record(commit, baseline_commit):
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     run_dir = os.path.join(base, run_id)
     os.makedirs(run_dir)
-    started = {"id": run_id, "commit": commit, "setup": recorded_setup(), "started": time.time(),
+    started = {"id": run_id, "commit": commit, "role": role, "setup": recorded_setup(), "started": time.time(),
                "timeout": TIMEOUT, "baseline_commit": baseline_commit, "judge_files": list(JUDGE_FILES)}
     runrecord.note("run", started, run_dir)
     return run_id, run_dir, started
@@ -89,12 +113,12 @@ def say(text, stream=sys.stdout):
     print(text, file=stream, flush=True)
 
 
-def watch(command, run_dir, timeout):
+def watch(command, run_dir, timeout, cwd=None):
     """Run `command` in its own process group with the record's folder named in its environment;
     returns (exit code, how it was stopped or None). The whole group goes on a timeout or on a
     signal to us (compile workers included); a signal already ignored (nohup, `&`) stays ignored."""
     env = dict(os.environ, **{runrecord.RUN_DIR_ENV: run_dir})
-    proc = subprocess.Popen(command, env=env, start_new_session=True)
+    proc = subprocess.Popen(command, env=env, cwd=cwd, start_new_session=True)
     stopped = []
 
     def stop(why):
@@ -119,19 +143,31 @@ def watch(command, run_dir, timeout):
     return (128 - code if code < 0 else code), (stopped[0] if stopped else None)
 
 
-def run(baseline_commit=None, command=None, timeout=TIMEOUT):
-    """The Run command: train.py once, its record kept, run.log's last line `run ended: exit <code>`."""
-    commit = git_out("rev-parse", "HEAD") or ""
+def run(baseline_commit=None, incumbent=None, command=None, timeout=TIMEOUT):
+    """The Run command: train.py once, its record kept, run.log's last line `run ended: exit <code>`.
+    With `incumbent` (the keep rule asked for it), the last kept commit's train.py runs instead, in
+    a temporary worktree, so that the machine as it is now measures it beside the candidate."""
+    commit = git_out("rev-parse", incumbent or "HEAD") or ""
     say(f"commit: {commit[:7] or '?'}")
-    run_id, run_dir, record = new_record(commit, baseline_commit)
+    run_id, run_dir, record = new_record(commit, baseline_commit, "incumbent" if incumbent else "candidate")
     say(f"run: {run_id}")
+    if incumbent:
+        say(f"role: incumbent (the last kept commit, {commit[:7]}, run again beside the candidate)")
     why = refusal(baseline_commit)
     if why:
         runrecord.note("run", {**record, "refused": why, "exit": 2, "ended": time.time()}, run_dir)
         say(f"error: {why}", sys.stderr)
         say("run ended: exit 2", sys.stderr)
         return 2
-    code, stopped = watch(command or [sys.executable, "train.py"], run_dir, timeout)
+    worktree = os.path.join(tempfile.mkdtemp(prefix="autoresearch-incumbent-"), "incumbent") if incumbent else None
+    try:
+        if worktree:
+            judged_worktree(worktree, commit)
+        code, stopped = watch(command or [sys.executable, "train.py"], run_dir, timeout, cwd=worktree)
+    finally:
+        if worktree:
+            remove_worktree(worktree)
+            shutil.rmtree(os.path.dirname(worktree), ignore_errors=True)
     record.update(exit=code, stopped=stopped, ended=time.time())
     record["wall_seconds"] = round(record["ended"] - record["started"], 1)
     runrecord.note("run", record, run_dir)
@@ -174,9 +210,9 @@ def run_summary(text, keys=SUMMARY_KEYS):
 
 def empty_run(**values):
     """A run with every field read_run gives, unknown (None) but for `values`."""
-    keys = ("sha", "commit", "setup", "device", "record", "refused", "exit", "timeout", "killed", "fail",
+    keys = ("sha", "commit", "setup", "device", "record", "refused", "exit", "timeout", "killed", "fail", "finished",
             "mismatch", "trained", "scored_tokens", "train_tokens", "printed_val_bpb", *SUMMARY_KEYS)
-    return {**dict.fromkeys(keys), "lost": False, "ended": True, "traceback": False, "oom": False, "error": "",
+    return {**dict.fromkeys(keys), "lost": False, "ended": True, "role": "candidate", "traceback": False, "oom": False, "error": "",
             **values}
 
 
@@ -192,7 +228,7 @@ def read_run(path="run.log"):
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     run["traceback"] = "Traceback (most recent call last)" in text
     run["oom"] = "out of memory" in text.lower()
-    errors = [l for l in lines if not l.startswith(("step ", "run ended", "commit: ", "run: ", "harness: "))]
+    errors = [l for l in lines if not l.startswith(("step ", "run ended", "commit: ", "run: ", "role: ", "harness: "))]
     run["error"] = errors[-1][:200] if errors else ""
     run["fail"] = next((l for l in lines if l.startswith("FAIL")), None)  # train.py's own verdict: diverged
     run_id = re.search(r"^run: (\S+)\s*$", text, re.M)
@@ -206,12 +242,13 @@ def from_record(run, rec, run_id):
     run.update(record=run_id, lost=rec is None, refused=None, mismatch=None)
     if rec is None:
         return {**run, "val_bpb": None, "commit": None, "setup": None, "device": None, "timeout": None,
-                "killed": None, "ended": True, "trained": None, "exit": None}
+                "killed": None, "ended": True, "trained": None, "exit": None, "role": "candidate", "finished": None}
     started, judge, clock = rec["run"], rec.get("judge") or {}, rec.get("clock") or {}
     clock = judge.get("clock") or clock  # the judge notes the clock's span as training ended
     stopped = started.get("stopped") or ""
     printed = run["val_bpb"]
     run.update(commit=(started.get("commit") or "")[:7] or None, setup=started.get("setup"),
+               role=started.get("role") or "candidate", finished=started.get("ended"),
                device=judge.get("device"), refused=started.get("refused"), exit=started.get("exit"),
                ended="exit" in started, timeout=stopped if stopped.startswith("TIMEOUT") else None,
                killed=stopped if stopped.startswith("KILLED") else None, printed_val_bpb=printed,
@@ -231,8 +268,10 @@ def from_record(run, rec, run_id):
 def from_prints(run, text, lines):
     """A run.log from before run records: what train.py and the old Run line printed."""
     commit = re.search(r"^commit: ([0-9a-f]{7,40})\s*$", text, re.M)
+    role = re.search(r"^role: (incumbent|candidate)\b", text, re.M)
     run.update(record=None, lost=False, refused=None, mismatch=None, exit=None, scored_tokens=None,
-               train_tokens=None, printed_val_bpb=run["val_bpb"], commit=commit and commit.group(1))
+               train_tokens=None, printed_val_bpb=run["val_bpb"], commit=commit and commit.group(1),
+               role=role.group(1) if role else "candidate", finished=None)
     setup = re.findall(r"^setup:\s*(\w+)", text, re.M | re.I)  # the summary's line, or train.py's `Setup:`
     device = re.findall(r"^device:\s+(\S.*?)\s*$", text, re.M)
     run.update(setup=setup[-1] if setup else None, device=device[-1] if device else None)

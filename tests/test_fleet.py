@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 from conftest import ROOT
-from test_ratchet import fake_run, git, make_agent, make_repo, results
+from test_ratchet import decision, fake_run, git, make_agent, make_repo, results, settle
 
 
 def start(agent, tag):
@@ -26,11 +26,15 @@ def log_run(agent, v, status, description, steps=100):
 
 
 def experiment(agent, description, v, status):
+    """An idea whose runs score v each (the incumbent's: its logged value), settled by the keep rule."""
     path = agent.repo / "train.py"
     path.write_text(path.read_text() + f"\n# {description}\n")
     assert agent("Commit", description=description).returncode == 0
     sha = git(agent.repo, "rev-parse", "HEAD").strip()
-    log_run(agent, v, status, description)
+    kept = [float(r[1]) for r in results(agent.repo)[1] if r[3] == "keep"]
+    assert decision(settle(agent, v, kept[-1])) == status
+    out = agent("Log", status=status, description=description)
+    assert out.returncode == 0, out.stderr
     if status != "keep":
         assert agent("Discard").returncode == 0
     return sha
@@ -129,7 +133,7 @@ def test_keep_going_restarts_the_agent_until_the_stop_file_goes(tmp_path):
     stand_in.write_text(f"""
 import os, subprocess, sys
 sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})
-from test_ratchet import fake_run, make_agent
+from test_ratchet import fake_run, make_agent, settle
 from pathlib import Path
 repo = Path.cwd()
 agent = make_agent(repo, {str(tmp_path / 'no-cache')!r})
@@ -137,8 +141,11 @@ turn = len((repo / "results.tsv").read_text().splitlines())
 if turn > 2:
     (repo / "train.py").write_text((repo / "train.py").read_text() + f"# idea {{turn}}\\n")
     assert agent("Commit", description=f"idea {{turn}}").returncode == 0
-fake_run(repo, 2.0 - 0.01 * turn)
-decision = [l.split()[1] for l in agent("Decide").stdout.splitlines() if l.startswith("decision:")][0]
+    out = settle(agent, 2.0 - 0.01 * turn, 1.985)  # the baseline's mean
+else:
+    fake_run(repo, 2.0 - 0.01 * turn)
+    out = agent("Decide")
+decision = [l.split()[1] for l in out.stdout.splitlines() if l.startswith("decision:")][0]
 assert agent("Log", status=decision, description=f"turn {{turn}}").returncode == 0
 if turn == 3:
     os.remove(".keep-going")

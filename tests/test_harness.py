@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import ROOT
-from test_ratchet import decision, fake_run, git, make_repo, results
+from test_ratchet import decision, fake_run, git, make_repo, results, settle
 
 sys.path.insert(0, str(ROOT))
 import analysis  # noqa: E402
@@ -48,8 +48,7 @@ def test_log_repairs_a_missing_final_newline_instead_of_gluing_its_row_on(fake_a
     (repo / "results.tsv").write_text(f"{HEADER}{base}\t0.900000\t2.7\tkeep\tbaseline\n"
                                       f"{base}\t0.901000\t2.7\tkeep\tbaseline again")  # an editor dropped the newline
     idea = commit_edit(agent, "idea")
-    fake_run(repo, 0.8)
-    assert decision(agent("Decide")) == "keep"
+    assert decision(settle(agent, 0.8, 0.9)) == "keep"
     assert agent("Log", status="keep", description="idea").returncode == 0
     _, rows = results(repo)
     assert [r[4] for r in rows] == ["baseline", "baseline again", "idea"] and rows[2][0] == idea
@@ -83,7 +82,8 @@ def test_an_upstream_log_keeps_its_one_baseline_run_and_confirm_finds_the_kept_i
     assert summary["baseline"]["val_bpb"] == 0.9979 and summary["best"]["commit"] == "bbbbbbb"
     assert summary["experiments"] == {"keep": 1, "discard": 1, "crash": 0}
     d = analysis.decide(rows, empty_run(sha="x", val_bpb=0.99), "ddddddd", {})
-    assert d["best"] == 0.9932 and d["noise"] == analysis.NOISE_FLOOR and d["noise_runs"] == 1
+    # no run history beside that log: the kept idea, the incumbent, runs again before anything is judged
+    assert d["decision"] == "rerun" and d["state"]["next"] == {"role": "incumbent", "commit": "bbbbbbb"}
 
 
 @pytest.mark.parametrize("content, expected", [
