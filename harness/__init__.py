@@ -12,4 +12,4 @@ which only change speed or reporting."""
 # memory peaks and shard downloads, none of which changes a result.
 JUDGE_FILES = ("prepare.py", "analysis.py", "pyproject.toml", "uv.lock", "harness/__init__.py",
                "harness/cache.py", "harness/clock.py", "harness/confirm.py", "harness/errors.py",
-               "harness/results.py", "harness/run.py", "harness/runrecord.py")
+               "harness/keep_rule.py", "harness/results.py", "harness/run.py", "harness/runrecord.py")
