@@ -65,4 +65,4 @@ mfu = 100 * train["num_flops_per_token"] * tokens / dt / train["peak_flops"]
 print(f"full_steps: depth {train['DEPTH']}, {train['DEVICE_BATCH_SIZE']} x {args.seq_len} tokens a micro-step, "
       f"{train['grad_accum_steps']} a step | first step {times[0]:.1f} s | median step {dt * 1000:.0f} ms | "
       f"{tokens / dt:,.0f} tok/s | MFU {mfu:.1f}% | peak memory {machinery.peak_memory_mb(device):,.0f} MB | "
-      f"attention: {'FA3' if train['fa3'] is not None else 'SDPA'}")
+      f"attention: {train['attention_note']}")

@@ -1,0 +1,175 @@
+"""harness/attention.py: the attention train.py calls, and which kernel serves which layer where.
+
+FlexAttention runs here eagerly, on the CPU: the same masking as the compiled CUDA kernel, in its
+reference implementation. What only a GPU can show (the compiled kernel's speed, FA3 itself) is
+tests/gpu_check.sh's."""
+import math
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+sys.path.insert(0, ROOT)
+from harness import attention as att  # noqa: E402
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+@pytest.fixture(autouse=True)
+def quiet_flex():
+    with warnings.catch_warnings():  # eager FlexAttention says, once per process, that it is slow
+        warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
+        yield
+
+
+def qkv(B, T, n_head, n_kv_head, D=16, seed=0):
+    torch.manual_seed(seed)
+    return [torch.randn(B, T, h, D, requires_grad=True) for h in (n_head, n_kv_head, n_kv_head)]
+
+
+def reference_attention(q, k, v, window):
+    """Naive softmax attention in FA3's layout (B, T, H, D): query i sees keys i - window .. i."""
+    T, group = q.size(1), q.size(2) // k.size(2)
+    k, v = k.repeat_interleave(group, dim=2), v.repeat_interleave(group, dim=2)
+    i = torch.arange(T)[:, None]
+    j = torch.arange(T)[None, :]
+    allowed = (j <= i) & (j >= i - window)
+    scores = torch.einsum("bihd,bjhd->bhij", q, k) / math.sqrt(q.size(-1))
+    weights = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+    return torch.einsum("bhij,bjhd->bihd", weights, v)
+
+
+def assert_same_attention(fn, ref, inputs, atol):
+    """Outputs and the gradients of all three inputs agree."""
+    out, expected = fn(*inputs), ref(*inputs)
+    torch.testing.assert_close(out, expected, rtol=0, atol=atol)
+    grad_out = torch.randn_like(out)
+    for g, rg in zip(torch.autograd.grad(out, inputs, grad_out), torch.autograd.grad(expected, inputs, grad_out)):
+        torch.testing.assert_close(g, rg, rtol=0, atol=10 * atol)
+
+
+# ---------------------------------------------------------------------------
+# The kernels against each other
+
+def test_window_mask_has_flash_attention_3_semantics():
+    # FA3's window_size=(w, 0): query i sees keys j with i - w <= j <= i (w + 1 keys, itself included)
+    mask = att.sliding_window_mask(8, 3, CPU)
+    expected = [[i - 3 <= j <= i for j in range(8)] for i in range(8)]
+    assert mask.tolist() == expected
+
+
+@pytest.mark.parametrize("n_head, n_kv_head, window", [
+    (4, 4, 16),  # L: the full sequence (the is_causal path)
+    (4, 4, 8),   # S: half the sequence (the explicit mask)
+    (4, 2, 8),   # grouped-query attention: two query heads per key/value head
+    (4, 1, 3),   # one key/value head, a short window
+])
+def test_sdpa_attention_matches_naive_softmax(n_head, n_kv_head, window):
+    inputs = qkv(2, 16, n_head, n_kv_head, D=8)
+    assert_same_attention(lambda q, k, v: att.sdpa_attention(q, k, v, (window, 0)),
+                          lambda q, k, v: reference_attention(q, k, v, window), inputs, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_head, n_kv_head, T, window", [
+    (4, 4, 256, 128),  # S at a training length: half the row, two of FlexAttention's 128-token blocks
+    (4, 2, 256, 128),  # grouped-query attention
+    (4, 1, 300, 17),   # one key/value head; a row that ends inside a block, a window inside one
+    (2, 2, 200, 0),    # each query sees only itself
+    (4, 2, 100, 64),   # the evaluation's shorter rows, with a window sized for training's (128)
+    (4, 4, 129, 127),  # a window one short of the whole row: still a sliding window
+])
+def test_flex_attention_matches_sdpa_with_the_boolean_mask(n_head, n_kv_head, T, window):
+    inputs = qkv(2, T, n_head, n_kv_head)
+    assert_same_attention(lambda q, k, v: att.flex_window_attention(q, k, v, (window, 0)),
+                          lambda q, k, v: att.sdpa_attention(q, k, v, (window, 0)), inputs, atol=2e-6)
+
+
+def test_block_masks_are_built_once_per_length_and_window():
+    att._block_masks.clear()
+    first = att.block_mask(256, 128, CPU)
+    assert att.block_mask(256, 128, CPU) is first  # kept, not built again
+    assert att.block_mask(100, 128, CPU) is not first and att.block_mask(256, 64, CPU) is not first
+    assert len(att._block_masks) == 3
+    att.build_block_masks(512, [(64, 0), (512, 0)], CPU)  # only CUDA runs FlexAttention: nothing to build
+    assert len(att._block_masks) == 3
+
+
+@pytest.mark.skipif(not shutil.which("g++"), reason="torch.compile on the CPU needs g++")
+def test_compiled_flex_attention_reads_a_prebuilt_mask_and_builds_a_missing_one():
+    # As train.py on CUDA: the mask built before torch.compile first traces is read from the cache,
+    # and the graph stays whole. A length nobody built ahead still gets its mask, at a graph break.
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    att._block_masks.clear()
+    compiled = torch.compile(lambda q, k, v: att.flex_window_attention(q, k, v, (64, 0)), dynamic=False)
+    try:
+        att.block_mask(256, 64, CPU)
+        for T, breaks in ((256, False), (192, True)):
+            q, k, v = (t.detach() for t in qkv(1, T, 2, 1))
+            torch.testing.assert_close(compiled(q, k, v), att.sdpa_attention(q, k, v, (64, 0)), rtol=0, atol=2e-6)
+            assert bool(counters["graph_break"]) is breaks, dict(counters["graph_break"])
+        assert len(att._block_masks) == 2
+    finally:
+        torch._dynamo.reset()
+
+
+# ---------------------------------------------------------------------------
+# Which kernel serves which layer
+
+@pytest.mark.parametrize("device_type, window, T, compiling, flex", [
+    ("cuda", 1024, 2048, True, True),    # S on a GPU, compiled: FlexAttention
+    ("cuda", 2048, 2048, True, False),   # L: SDPA's causal kernel is faster there
+    ("cuda", 2047, 2048, True, False),   # a window that reaches the first token is plain causal too
+    ("cuda", 2046, 2048, True, True),    # one key short of it is not
+    ("cuda", 1024, 2048, False, False),  # eager: FlexAttention would hold every score
+    ("cpu", 256, 512, True, False),      # the CPU and MPS keep SDPA with the boolean mask
+    ("mps", 256, 512, False, False),
+])
+def test_which_layers_run_on_flex_attention(device_type, window, T, compiling, flex):
+    assert att.uses_flex(device_type, window, T, compiling) is flex
+
+
+@pytest.mark.parametrize("window", [16, 8, 3])
+def test_on_the_cpu_attention_is_sdpa(window):
+    inputs = qkv(2, 16, 4, 2)
+    assert torch.equal(att.pytorch_attention(*inputs, (window, 0)), att.sdpa_attention(*inputs, (window, 0)))
+
+
+def test_the_attention_line_names_each_kind_of_layer_kernel():
+    fn, note = att.load_attention(CPU)
+    assert fn is att.pytorch_attention and "\n" not in note
+    assert note.startswith("SDPA with a boolean mask on sliding-window layers, SDPA's causal kernel on full ones")
+    assert "Flash Attention 3 needs a CUDA GPU, this is cpu" in note
+    fn, note = att.load_attention(CUDA)  # here no GPU
+    assert fn is att.pytorch_attention and "\n" not in note
+    assert note.startswith("FlexAttention on sliding-window layers, SDPA's causal kernel on full ones (Flash Attention 3 ")
+
+
+# ---------------------------------------------------------------------------
+# Old commits
+
+def test_old_train_py_commits_still_find_the_fa3_loader_in_a_confirm_worktree(tmp_path, monkeypatch):
+    # `analysis.py --confirm` checks out a night's commits and judges them with this checkout's
+    # judge, machinery.py and harness/: in a commit from before harness/attention.py, train.py still
+    # imports load_flash_attention_3 from prepare (which takes it from machinery)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "train.py").write_text("from prepare import load_flash_attention_3\n"
+                                   "import torch\nprint(load_flash_attention_3(torch.device('cpu'))[1])\n")
+    env = dict(os.environ, GIT_CONFIG_GLOBAL=os.devnull, AUTORESEARCH_CACHE=str(tmp_path / "cache"))
+    subprocess.run("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm old", shell=True,
+                   cwd=repo, check=True, env=env)
+    from harness.confirm import add_worktree
+    worktree = tmp_path / "worktree"
+    monkeypatch.chdir(repo)  # add_worktree runs git in the current folder: analysis.py runs in the repository
+    add_worktree(str(worktree), "HEAD")
+    result = subprocess.run([sys.executable, "train.py"], cwd=worktree, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "needs a CUDA GPU, this is cpu"
