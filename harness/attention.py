@@ -12,8 +12,17 @@ machine has:
     CUDA without it                  FlexAttention (compiled)        SDPA, is_causal
     CPU, Apple's MPS                 SDPA with a boolean mask        SDPA, is_causal
 
-Flash Attention 3 comes from the Hugging Face kernel hub through the `kernels` package.
+Flash Attention 3 comes from the Hugging Face kernel hub through the `kernels` package. prepare.py
+fetches this GPU's build once, into the cache `kernels` keeps (~/.cache/huggingface/hub, or
+KERNELS_CACHE), pinned to the commit the hub had then and recorded in our own cache, beside
+setup.json, as a kernels.lock. train.py loads exactly that build from disk and never asks the
+network: a hub outage or a compute node without internet cannot end a night, and the commit a
+result ran on is in its log.
 """
+import json
+import os
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -103,7 +112,7 @@ def build_block_masks(T, window_sizes, device):
 
 
 # ---------------------------------------------------------------------------
-# Flash Attention 3
+# Flash Attention 3: fetched at prepare time, pinned, loaded from disk at run time
 
 
 def fa3_repo(capability):
@@ -112,20 +121,79 @@ def fa3_repo(capability):
     return "varunneal/flash-attention-3" if tuple(capability) == (9, 0) else "kernels-community/flash-attn3"
 
 
-def load_flash_attention_3(device):
-    """Flash Attention 3 from the Hugging Face kernel hub and where it came from, or None and why not."""
+def kernels_lock_file():
+    from machinery import CACHE_DIR  # here, not at the top: machinery re-exports this module's loader
+    return os.path.join(CACHE_DIR, "kernels.lock")
+
+
+def read_lock(path):
+    """{repo: pinned commit} from a kernels.lock; {} where there is none or it is unreadable."""
+    try:
+        with open(path) as f:
+            return {entry["repo_id"]: entry["sha"] for entry in json.load(f)}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def record_pin(path, repo, sha):
+    """Pin repo to commit sha in path, in the format of `kernels lock` (load_kernel reads it), keeping
+    the pins of other GPUs' repositories: one cache may serve a Hopper and an Ampere machine."""
+    from machinery import write_json_atomically
+    pins = {**read_lock(path), repo: sha}
+    write_json_atomically(path, [{"repo_id": r, "sha": s, "variants": {}} for r, s in sorted(pins.items())])
+
+
+def one_line(e):
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:150]}"
+
+
+def fetch_flash_attention_3(device, lock_file=None):
+    """At prepare time: this GPU's build of FA3 into the `kernels` cache, pinned to the commit the
+    hub's main branch has now (or to the one pinned already: a re-run only checks the build is
+    there, offline too). Never fails a prepare: returns one line saying what it did, or why not."""
+    lock_file = lock_file or kernels_lock_file()
+    if device.type != "cuda":
+        return f"Flash Attention 3: not fetched (it needs a CUDA GPU, this is {device.type})"
+    try:
+        from kernels import install_kernel
+        repo = fa3_repo(torch.cuda.get_device_capability(device))
+        sha = read_lock(lock_file).get(repo)
+        if sha is None:
+            from huggingface_hub import HfApi
+            sha = HfApi().repo_info(repo, revision="main").sha
+        try:
+            install_kernel(repo, sha, local_files_only=True)  # in the cache already: no network
+        except FileNotFoundError:
+            install_kernel(repo, sha)  # only the build for this machine's torch and CUDA
+    except Exception as e:  # no network, no build for this torch, ...: train.py uses PyTorch's kernels
+        return f"Flash Attention 3: not fetched ({one_line(e)}); train.py will use PyTorch's attention"
+    record_pin(lock_file, repo, sha)
+    return f"Flash Attention 3: {repo}@{sha[:12]}, in the kernels cache, pinned in {lock_file}"
+
+
+def load_pinned_kernel(repo, lock_file):
+    """repo's module at the commit lock_file pins, from the `kernels` cache: load_kernel looks only
+    on disk (it downloads nothing), so a run never waits on the network."""
+    from kernels import load_kernel
+    return load_kernel(repo, lockfile=Path(lock_file))
+
+
+def load_flash_attention_3(device, lock_file=None):
+    """FA3 as prepare.py fetched it, and a note: its build (repo@commit), or why there is none."""
     if device.type != "cuda":
         return None, f"needs a CUDA GPU, this is {device.type}"
+    lock_file = lock_file or kernels_lock_file()
     try:
-        from kernels import get_kernel
         repo = fa3_repo(torch.cuda.get_device_capability(device))
-        fa3 = get_kernel(repo).flash_attn_interface
+        sha = read_lock(lock_file).get(repo)
+        if sha is None:
+            return None, f"not fetched: `uv run prepare.py` on this GPU, with a network, fetches {repo} once"
+        fa3 = load_pinned_kernel(repo, lock_file).flash_attn_interface
         q = torch.zeros(1, 8, 1, 64, device=device, dtype=torch.bfloat16)
         fa3.flash_attn_func(q, q, q, causal=True, window_size=(4, 0))  # loading is not running: try it once
-        return fa3, repo
-    except Exception as e:  # offline, no build for this GPU or torch, ...: many kinds, none fatal
-        reason = (str(e).strip().splitlines() or [""])[0][:150]
-        return None, f"unavailable: {type(e).__name__}: {reason}"
+        return fa3, f"{repo}@{sha[:12]}"
+    except Exception as e:  # not in the kernels cache, no build for this GPU or torch, ...: none fatal
+        return None, f"unavailable: {one_line(e)}"
 
 
 def fa3_attention(fa3):

@@ -1,4 +1,5 @@
-"""harness/attention.py: the attention train.py calls, and which kernel serves which layer where.
+"""harness/attention.py: the attention train.py calls, which kernel serves which layer where, and
+Flash Attention 3 fetched at prepare time and loaded at run time without the network.
 
 FlexAttention runs here eagerly, on the CPU: the same masking as the compiled CUDA kernel, in its
 reference implementation. What only a GPU can show (the compiled kernel's speed, FA3 itself) is
@@ -6,6 +7,7 @@ tests/gpu_check.sh's."""
 import math
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import warnings
@@ -13,12 +15,13 @@ import warnings
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, load_machinery, load_prepare
 
 sys.path.insert(0, ROOT)
 from harness import attention as att  # noqa: E402
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+SHA = "0123456789abcdef0123456789abcdef01234567"  # a commit a kernel may be pinned to
 
 
 @pytest.fixture(autouse=True)
@@ -142,18 +145,124 @@ def test_on_the_cpu_attention_is_sdpa(window):
     assert torch.equal(att.pytorch_attention(*inputs, (window, 0)), att.sdpa_attention(*inputs, (window, 0)))
 
 
-def test_the_attention_line_names_each_kind_of_layer_kernel():
+def test_the_attention_line_names_each_kind_of_layer_kernel(monkeypatch, tmp_path):
+    load_machinery(monkeypatch, tmp_path)  # the kernels.lock of an empty cache
     fn, note = att.load_attention(CPU)
     assert fn is att.pytorch_attention and "\n" not in note
     assert note.startswith("SDPA with a boolean mask on sliding-window layers, SDPA's causal kernel on full ones")
     assert "Flash Attention 3 needs a CUDA GPU, this is cpu" in note
-    fn, note = att.load_attention(CUDA)  # here no GPU
+    fn, note = att.load_attention(CUDA)  # here no GPU; on a GPU no kernel was fetched into this cache
     assert fn is att.pytorch_attention and "\n" not in note
     assert note.startswith("FlexAttention on sliding-window layers, SDPA's causal kernel on full ones (Flash Attention 3 ")
 
 
 # ---------------------------------------------------------------------------
-# Old commits
+# Flash Attention 3: fetched at prepare time, loaded offline
+
+@pytest.fixture
+def connections(monkeypatch):
+    """No network: every connection attempt is refused, and recorded."""
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise ConnectionRefusedError("no network in the tests")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    return attempts
+
+
+@pytest.fixture
+def hopper(monkeypatch):
+    """This machine as a Hopper GPU, as far as picking FA3's repository goes (nothing runs on it)."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    return att.fa3_repo((9, 0))
+
+
+@pytest.fixture
+def kernels_cache(monkeypatch, tmp_path):
+    """An empty `kernels` cache in a temporary folder, and a function that puts a fake build of a
+    repository at a commit into it, laid out as the hub's snapshots are."""
+    import kernels.utils
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(kernels.utils, "CACHE_DIR", str(cache))
+
+    def put(repo, sha):
+        build = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / sha / "build" / "torch-universal"
+        build.mkdir(parents=True)
+        (build / "__init__.py").write_text("flash_attn_interface = 'the pinned build'\n")
+    return put
+
+
+def test_fa3_repository_by_gpu():
+    assert att.fa3_repo((9, 0)) == "varunneal/flash-attention-3"
+    assert att.fa3_repo((8, 0)) == att.fa3_repo((10, 0)) == "kernels-community/flash-attn3"
+
+
+def test_a_pin_is_recorded_and_read_back_beside_other_gpus_pins(monkeypatch, tmp_path):
+    load_machinery(monkeypatch, tmp_path)
+    lock = att.kernels_lock_file()
+    assert os.path.dirname(lock) == str(tmp_path)  # beside setup.json
+    assert att.read_lock(lock) == {}
+    att.record_pin(lock, "kernels-community/flash-attn3", "a" * 40)
+    att.record_pin(lock, "varunneal/flash-attention-3", SHA)
+    att.record_pin(lock, "varunneal/flash-attention-3", "b" * 40)  # pinned anew
+    assert att.read_lock(lock) == {"kernels-community/flash-attn3": "a" * 40, "varunneal/flash-attention-3": "b" * 40}
+    open(lock, "w").write("not json")
+    assert att.read_lock(lock) == {}
+
+
+def test_prepare_without_cuda_says_in_one_line_that_fa3_was_not_fetched(tmp_path):
+    lock = tmp_path / "kernels.lock"
+    line = att.fetch_flash_attention_3(CPU, str(lock))
+    assert line == "Flash Attention 3: not fetched (it needs a CUDA GPU, this is cpu)"
+    assert not lock.exists()
+
+
+def test_prepare_on_a_gpu_without_network_says_why_and_pins_nothing(tmp_path, connections, hopper, kernels_cache):
+    lock = tmp_path / "kernels.lock"
+    line = att.fetch_flash_attention_3(CUDA, str(lock))
+    assert connections and line.startswith("Flash Attention 3: not fetched ("), line
+    assert line.endswith("; train.py will use PyTorch's attention") and "\n" not in line
+    assert not lock.exists()
+
+
+def test_a_pinned_build_in_the_cache_is_checked_and_loaded_without_the_network(tmp_path, connections, hopper, kernels_cache):
+    lock = str(tmp_path / "kernels.lock")
+    att.record_pin(lock, hopper, SHA)  # as a first prepare, with a network, left it
+    kernels_cache(hopper, SHA)
+    line = att.fetch_flash_attention_3(CUDA, lock)  # a second prepare, offline: the build is there
+    assert line.startswith(f"Flash Attention 3: {hopper}@{SHA[:12]}, in the kernels cache"), line
+    assert att.read_lock(lock) == {hopper: SHA}
+    assert att.load_pinned_kernel(hopper, lock).flash_attn_interface == "the pinned build"
+    assert connections == []  # not even tried
+
+
+def test_a_pin_whose_build_left_the_cache_is_reported_not_fetched(tmp_path, connections, hopper, kernels_cache):
+    lock = str(tmp_path / "kernels.lock")
+    att.record_pin(lock, hopper, SHA)
+    assert att.fetch_flash_attention_3(CUDA, lock).startswith("Flash Attention 3: not fetched (")
+    connections.clear()
+    with pytest.raises(FileNotFoundError):  # load_kernel looks on disk only
+        att.load_pinned_kernel(hopper, lock)
+    assert connections == []
+
+
+def test_without_a_pin_train_py_does_not_look_for_fa3(tmp_path, connections, hopper):
+    fa3, note = att.load_flash_attention_3(CUDA, str(tmp_path / "kernels.lock"))
+    assert fa3 is None and note.startswith("not fetched: `uv run prepare.py`") and hopper in note
+    assert connections == []
+    assert att.load_flash_attention_3(CPU) == (None, "needs a CUDA GPU, this is cpu")
+
+
+def test_prepare_prints_the_kernel_line(monkeypatch, tmp_path, corpus, capsys):
+    load_prepare(monkeypatch, tmp_path / "cache").prepare(None, corpus, 2, 4, "smoke")
+    lines = capsys.readouterr().out.splitlines()
+    kernel = [line for line in lines if line.startswith("Flash Attention 3: ")]
+    assert len(kernel) == 1 and lines[-1].startswith("ready: ")
+    if not torch.cuda.is_available():
+        assert kernel == ["Flash Attention 3: not fetched (it needs a CUDA GPU, this is cpu)"]
+
 
 def test_old_train_py_commits_still_find_the_fa3_loader_in_a_confirm_worktree(tmp_path, monkeypatch):
     # `analysis.py --confirm` checks out a night's commits and judges them with this checkout's
