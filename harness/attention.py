@@ -192,7 +192,9 @@ def load_flash_attention_3(device, lock_file=None):
         q = torch.zeros(1, 8, 1, 64, device=device, dtype=torch.bfloat16)
         fa3.flash_attn_func(q, q, q, causal=True, window_size=(4, 0))  # loading is not running: try it once
         return fa3, f"{repo}@{sha[:12]}"
-    except Exception as e:  # not in the kernels cache, no build for this GPU or torch, ...: none fatal
+    except FileNotFoundError as e:  # pinned, but not in the kernels cache (cleared, or another torch)
+        return None, f"not in the kernels cache ({one_line(e)}): `uv run prepare.py` fetches it again"
+    except Exception as e:  # no build for this GPU, a kernel that fails its trial, ...: none fatal
         return None, f"unavailable: {one_line(e)}"
 
 

@@ -245,6 +245,8 @@ def test_a_pin_whose_build_left_the_cache_is_reported_not_fetched(tmp_path, conn
     connections.clear()
     with pytest.raises(FileNotFoundError):  # load_kernel looks on disk only
         att.load_pinned_kernel(hopper, lock)
+    fa3, note = att.load_flash_attention_3(CUDA, lock)
+    assert fa3 is None and note.startswith("not in the kernels cache (") and note.endswith("`uv run prepare.py` fetches it again")
     assert connections == []
 
 
