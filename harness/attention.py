@@ -122,7 +122,7 @@ def fa3_repo(capability):
 
 
 def kernels_lock_file():
-    from machinery import CACHE_DIR  # here, not at the top: machinery re-exports this module's loader
+    from harness.cache import CACHE_DIR  # at each call: tests move the cache and import it afresh
     return os.path.join(CACHE_DIR, "kernels.lock")
 
 
@@ -138,7 +138,7 @@ def read_lock(path):
 def record_pin(path, repo, sha):
     """Pin repo to commit sha in path, in the format of `kernels lock` (load_kernel reads it), keeping
     the pins of other GPUs' repositories: one cache may serve a Hopper and an Ampere machine."""
-    from machinery import write_json_atomically
+    from harness.cache import write_json_atomically
     pins = {**read_lock(path), repo: sha}
     write_json_atomically(path, [{"repo_id": r, "sha": s, "variants": {}} for r, s in sorted(pins.items())])
 
