@@ -11,8 +11,8 @@
 # Every stage's timeout ends it before the deadline (GPU_CHECK_SECONDS, 560 s), so the summary is
 # always written; a stage with no time left says so.
 #
-# It needs python3 with torch, numpy, pyarrow, requests, tiktoken and pytest (kernels for FA3), and
-# no uv. rustbpe (and kernels) travel as wheels in .whl/, fetched beforehand with
+# It needs python3 with torch, numpy, pyarrow, requests, tiktoken and pytest (kernels and
+# huggingface_hub for FA3), and no uv. rustbpe travels as a wheel in .whl/, fetched beforehand with
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl rustbpe
 # Without a network prepare cannot fetch FA3, and the runs say which PyTorch kernels they use.

@@ -183,9 +183,9 @@ def hopper(monkeypatch):
 def kernels_cache(monkeypatch, tmp_path):
     """An empty `kernels` cache in a temporary folder, and a function that puts a fake build of a
     repository at a commit into it, laid out as the hub's snapshots are."""
-    import kernels.utils
+    kernels = pytest.importorskip("kernels.utils")  # a GPU machine may have torch without it
     cache = tmp_path / "hub"
-    monkeypatch.setattr(kernels.utils, "CACHE_DIR", str(cache))
+    monkeypatch.setattr(kernels, "CACHE_DIR", str(cache))
 
     def put(repo, sha):
         build = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / sha / "build" / "torch-universal"
@@ -221,8 +221,8 @@ def test_prepare_without_cuda_says_in_one_line_that_fa3_was_not_fetched(tmp_path
 
 def test_prepare_on_a_gpu_without_network_says_why_and_pins_nothing(tmp_path, connections, hopper, kernels_cache):
     lock = tmp_path / "kernels.lock"
-    line = att.fetch_flash_attention_3(CUDA, str(lock))
-    assert connections and line.startswith("Flash Attention 3: not fetched ("), line
+    line = att.fetch_flash_attention_3(CUDA, str(lock))  # refused, or HF_HUB_OFFLINE (gpu_check sets it)
+    assert line.startswith("Flash Attention 3: not fetched ("), line
     assert line.endswith("; train.py will use PyTorch's attention") and "\n" not in line
     assert not lock.exists()
 
