@@ -266,21 +266,12 @@ def test_prepare_prints_the_kernel_line(monkeypatch, tmp_path, corpus, capsys):
         assert kernel == ["Flash Attention 3: not fetched (it needs a CUDA GPU, this is cpu)"]
 
 
-def test_old_train_py_commits_still_find_the_fa3_loader_in_a_confirm_worktree(tmp_path, monkeypatch):
-    # `analysis.py --confirm` checks out a night's commits and judges them with this checkout's
-    # judge, machinery.py and harness/: in a commit from before harness/attention.py, train.py still
-    # imports load_flash_attention_3 from prepare (which takes it from machinery)
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    (repo / "train.py").write_text("from prepare import load_flash_attention_3\n"
-                                   "import torch\nprint(load_flash_attention_3(torch.device('cpu'))[1])\n")
-    env = dict(os.environ, GIT_CONFIG_GLOBAL=os.devnull, AUTORESEARCH_CACHE=str(tmp_path / "cache"))
-    subprocess.run("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm old", shell=True,
-                   cwd=repo, check=True, env=env)
-    from harness.confirm import add_worktree
-    worktree = tmp_path / "worktree"
-    monkeypatch.chdir(repo)  # add_worktree runs git in the current folder: analysis.py runs in the repository
-    add_worktree(str(worktree), "HEAD")
-    result = subprocess.run([sys.executable, "train.py"], cwd=worktree, env=env, capture_output=True, text=True)
+def test_old_train_py_commits_still_find_the_fa3_loader_where_they_import_it(tmp_path):
+    # `analysis.py --confirm` runs a night's old commits with this checkout's judge, machinery.py and
+    # harness/; their train.py imports load_flash_attention_3 from prepare (which has it from machinery)
+    code = ("import torch; from prepare import load_flash_attention_3 as p; from machinery import load_flash_attention_3 as m; "
+            "from harness.attention import load_flash_attention_3 as h; assert p is m is h; print(p(torch.device('cpu'))[1])")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                            env=dict(os.environ, AUTORESEARCH_CACHE=str(tmp_path)))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "needs a CUDA GPU, this is cpu"
