@@ -33,6 +33,7 @@ import torch
 # The budget clock is the judge's (harness/clock.py); budget_clock stays importable from here for
 # train.py commits made before it moved (2026-12-04), which Confirm still runs. Remove once no night needs them.
 from harness.clock import budget_clock, run_queue_delays  # noqa: F401
+from harness.attention import load_flash_attention_3  # noqa: F401  compatibility: old train.py commits import this; remove when no night runs one older than harness/attention.py
 
 from harness.errors import fail
 # The cache's layout and its claim are the judge's (harness/cache.py)
@@ -449,23 +450,6 @@ def synchronize(device):
         torch.cuda.synchronize()
     elif device.type == "mps":
         torch.mps.synchronize()
-
-
-def load_flash_attention_3(device):
-    """Flash Attention 3 from the Hugging Face kernel hub and where it came from, or None and why not."""
-    if device.type != "cuda":
-        return None, f"needs a CUDA GPU, this is {device.type}"
-    try:
-        from kernels import get_kernel
-        # varunneal's build is for Hopper (compute capability 9.0); kernels-community's for the rest
-        repo = "varunneal/flash-attention-3" if torch.cuda.get_device_capability() == (9, 0) else "kernels-community/flash-attn3"
-        fa3 = get_kernel(repo).flash_attn_interface
-        q = torch.zeros(1, 8, 1, 64, device=device, dtype=torch.bfloat16)
-        fa3.flash_attn_func(q, q, q, causal=True, window_size=(4, 0))  # loading is not running: try it once
-        return fa3, repo
-    except Exception as e:  # offline, no build for this GPU or torch, ...: many kinds, none fatal
-        reason = (str(e).strip().splitlines() or [""])[0][:150]
-        return None, f"unavailable: {type(e).__name__}: {reason}"
 
 
 # Dense bf16 tensor-core peaks (vendor datasheets, without sparsity); the first name contained in

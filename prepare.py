@@ -43,6 +43,7 @@ from machinery import DATASETS, MIN_CHARS_PER_TOKEN, ROW_GROUP_SIZE, default_dev
 # from here, and `analysis.py --confirm` still runs such commits. Remove once no night needs them.
 from machinery import (bf16_is_native, device_name, load_flash_attention_3, peak_flops_of,  # noqa: F401
                        peak_memory_mb, synchronize, tune_process)
+from harness.attention import fetch_flash_attention_3
 
 # ---------------------------------------------------------------------------
 # Setups: the comparability contract. Numbers are recorded in the cache at prepare time and read
@@ -420,6 +421,7 @@ def prepare(dataset, data, num_shards, workers, setup):
         setup, source, constants = claim_cache(setup, os.path.abspath(data) if data else dataset, SETUPS)
         data_is_new = get_data(source, setup, constants, num_shards, workers)
         derive_from_data(constants, data_is_new)
+        print(fetch_flash_attention_3(torch.device(default_device())))  # so that train.py never needs the network
     print(f"ready: setup {setup} (MAX_SEQ_LEN={constants['MAX_SEQ_LEN']}, TIME_BUDGET={constants['TIME_BUDGET']}, "
           f"EVAL_TOKENS={constants['EVAL_TOKENS']}, VOCAB_SIZE={constants['VOCAB_SIZE']}), data {source}, "
           f"{len(training_shards())} training shard(s), cache {CACHE_DIR}")

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 from prepare import MAX_SEQ_LEN, TIME_BUDGET, EVAL_TOKENS, SETUP, Tokenizer, make_dataloader, evaluate_bpb
 from machinery import (default_device, device_name, bf16_is_native, tune_process, synchronize,
-                       load_flash_attention_3, peak_flops_of, peak_memory_mb, budget_clock)
+                       peak_flops_of, peak_memory_mb, budget_clock)
+from harness.attention import load_attention, build_block_masks
 
 # Line-buffered stdout: output redirected to run.log must not sit in a buffer and land after a
 # crash's traceback, which has to be the last thing in the log.
@@ -64,45 +65,13 @@ COMPILE_BY_BLOCK = device.type != "cuda"
 UNTIMED_STEPS = 11 if device.type == "cuda" else 1
 
 tune_process(device, COMPILE)  # memory allocator and compiler settings: speed only (see machinery.py)
-fa3, fa3_note = load_flash_attention_3(device)  # the reference attention kernel, where it loads
+# Flash Attention 3 where prepare.py fetched it; else FlexAttention for sliding windows on CUDA, SDPA
+# for the rest. One signature: attention(q, k, v, window_size), layout (B, T, heads, head_dim).
+attention, attention_note = load_attention(device)
 clock, clock_note = budget_clock(device)  # off CUDA and MPS: the time this run computed, not what neighbours took
 
-
-def sliding_window_mask(T, window, device):
-    """(T, T) boolean mask, True where query i may attend to key j: i - window <= j <= i. These are
-    exactly the keys Flash Attention 3 lets a query see with window_size=(window, 0). Built on each
-    call: the compiled model builds it in-graph, cheaply (a cache here would make it recompile)."""
-    pos = torch.arange(T, device=device)
-    offset = pos[:, None] - pos[None, :]  # query index minus key index
-    return (offset >= 0) & (offset <= window)
-
-
-def sdpa_attention(q, k, v, window):
-    """Causal sliding-window attention with PyTorch's SDPA. Takes and returns FA3's layout
-    (B, T, heads, head_dim); k and v may have fewer heads than q (grouped-query attention)."""
-    T = q.size(1)
-    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    if k.size(1) != q.size(1):  # each key/value head serves a group of query heads
-        k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
-        v = v.repeat_interleave(q.size(1) // v.size(1), dim=1)
-    if window >= T - 1:  # the window reaches the first token: plain causal, which has faster kernels
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    else:
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=sliding_window_mask(T, window, q.device))
-    return y.transpose(1, 2)
-
-
-def attention(q, k, v, window_size):
-    """Causal attention where query i sees keys i - window_size[0] .. i; (B, T, heads, head_dim)."""
-    if fa3 is not None:
-        y = fa3.flash_attn_func(q, k, v, causal=True, window_size=window_size)
-        return y[0] if isinstance(y, tuple) else y  # some builds also return the log-sum-exp
-    return sdpa_attention(q, k, v, window_size[0])
-
-
 print(f"Device: {device_name(device)}, {'bf16 autocast' if USE_BF16 else 'fp32'}, torch.compile {'on' if COMPILE else 'off'}")
-print(f"Attention: Flash Attention 3 ({fa3_note})" if fa3 is not None else
-      f"Attention: PyTorch SDPA with causal sliding-window masks (Flash Attention 3 {fa3_note})")
+print(f"Attention: {attention_note}")
 print(f"Budget clock: {clock_note}")
 
 # ---------------------------------------------------------------------------
@@ -588,6 +557,7 @@ optimizer = model.setup_optimizer(unembedding_lr=UNEMBEDDING_LR, embedding_lr=EM
                                   adam_betas=ADAM_BETAS, matrix_lr=MATRIX_LR, weight_decay=WEIGHT_DECAY,
                                   compiled=COMPILE_OPTIMIZER)
 
+build_block_masks(MAX_SEQ_LEN, model.window_sizes, device)  # FlexAttention's (CUDA), before torch.compile traces
 if COMPILE and COMPILE_BY_BLOCK:
     for block in model.transformer.h:
         block.compile(dynamic=False)

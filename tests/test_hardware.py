@@ -1,6 +1,7 @@
 """machinery.py's hardware utilities: the CPU's measured matmul peak that MFU is read against, and
 the one-shot GPU check script (its plumbing, as far as a CPU can run it)."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -102,12 +103,14 @@ def test_gpu_check_script_parses():
     subprocess.run(["bash", "-n", os.path.join(ROOT, "tests", "gpu_check.sh")], check=True)
 
 
-@pytest.mark.bench
 def test_gpu_check_dry_run(tmp_path):
-    # The whole script, shrunk to the smoke setup and a tiny model: a minute or two on a CPU
+    # The whole script, shrunk to the smoke setup and a tiny model: about a minute on a CPU
     env = dict(os.environ, GPU_CHECK_DRY="1", PYTHON=sys.executable, OUT=str(tmp_path))
     result = subprocess.run(["bash", os.path.join(ROOT, "tests", "gpu_check.sh")], env=env,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = (tmp_path / "summary.txt").read_text()
-    assert "tests:      rc 0" in summary and "full_steps: depth 2" in summary, summary
+    assert "tests:      rc 0" in summary and summary.count("full_steps: depth 2") == 4, summary
+    assert re.search(r"first step: cold cache [\d.]+ s \| warm, train.py unchanged [\d.]+ s \| "
+                     r"warm, after a one-line edit [\d.]+ s", summary), summary
+    assert "whole run:  rc 0 | whole_run: val_bpb" in summary and "outside the budget = start-up" in summary, summary

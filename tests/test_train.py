@@ -1,4 +1,4 @@
-"""train.py: the fallback attention, the optimizer's pieces, and whole runs under the smoke setup.
+"""train.py: the optimizer's pieces, and whole runs under the smoke setup (its attention: test_attention.py).
 
 train.py is a plain script, like nanoGPT's: everything it defines (device set-up, model, optimizer)
 sits above the hyperparameter block, and all the work happens below it. The unit tests execute the
@@ -47,49 +47,6 @@ def patched_train(tmp_path, old, new):
     path = tmp_path / "train.py"
     path.write_text(source.replace(old, new))
     return str(path)
-
-
-# ---------------------------------------------------------------------------
-# Attention
-
-def reference_attention(q, k, v, window):
-    """Naive softmax attention in FA3's layout (B, T, H, D): query i sees keys i - window .. i."""
-    T, group = q.size(1), q.size(2) // k.size(2)
-    k, v = k.repeat_interleave(group, dim=2), v.repeat_interleave(group, dim=2)
-    i = torch.arange(T)[:, None]
-    j = torch.arange(T)[None, :]
-    allowed = (j <= i) & (j >= i - window)
-    scores = torch.einsum("bihd,bjhd->bhij", q, k) / math.sqrt(q.size(-1))
-    weights = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
-    return torch.einsum("bhij,bjhd->bihd", weights, v)
-
-
-def test_window_mask_has_flash_attention_3_semantics(train):
-    # FA3's window_size=(w, 0): query i sees keys j with i - w <= j <= i (w + 1 keys, itself included)
-    mask = train.sliding_window_mask(8, 3, torch.device("cpu"))
-    expected = [[i - 3 <= j <= i for j in range(8)] for i in range(8)]
-    assert mask.tolist() == expected
-
-
-@pytest.mark.parametrize("n_head, n_kv_head, window", [
-    (4, 4, 16),  # L: the full sequence (the is_causal path)
-    (4, 4, 8),   # S: half the sequence (the explicit mask)
-    (4, 2, 8),   # grouped-query attention: two query heads per key/value head
-    (4, 1, 3),   # one key/value head, a short window
-])
-def test_fallback_attention_matches_naive_softmax(train, n_head, n_kv_head, window):
-    torch.manual_seed(0)
-    B, T, D = 2, 16, 8
-    inputs = [torch.randn(B, T, h, D, dtype=torch.float32, requires_grad=True)
-              for h in (n_head, n_kv_head, n_kv_head)]
-    out = train.sdpa_attention(*inputs, window)
-    ref = reference_attention(*inputs, window)
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    grad_out = torch.randn_like(out)
-    grads = torch.autograd.grad(out, inputs, grad_out)
-    ref_grads = torch.autograd.grad(ref, inputs, grad_out)
-    for g, rg in zip(grads, ref_grads):
-        torch.testing.assert_close(g, rg, rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------
