@@ -4,7 +4,7 @@ The judge: what val_bpb means, read top to bottom. The agent never edits this fi
     uv run prepare.py [--dataset NAME | --data PATH] [--num-shards N]
                       [--download-workers N] [--setup NAME]
 
-Once, it gets the data (machinery.py downloads or packs it), trains the tokenizer, freezes the
+Once, it gets the data (harness/data.py downloads or packs it), trains the tokenizer, freezes the
 validation and test rows and records the setup in the cache, so that every experiment against one
 cache is measured the same way. At run time train.py imports the setup's constants (MAX_SEQ_LEN,
 TIME_BUDGET, EVAL_TOKENS, SETUP), Tokenizer, make_dataloader and evaluate_bpb from here, and
@@ -12,8 +12,8 @@ evaluate_bpb reports its number to the run record itself (harness/runrecord.py),
 Decide and Log read: train.py's own print of it is for humans.
 
 In order: the setups, the tokenizer, the dataloader, the fixed metric, the command line. The
-cache's layout and lock are in harness/cache.py (the judge's too); downloads, local corpora, the
-device and its peaks are in machinery.py, which imports nothing from here.
+cache's layout and lock are in harness/cache.py (the judge's too); downloads and local corpora
+are in harness/data.py, the device and its peaks in harness/hardware.py: neither imports from here.
 """
 
 import argparse
@@ -37,13 +37,16 @@ from harness.cache import (CACHE_DIR, DATA_DIR, TEST_ROWS_FILE, TEST_SHARD, TOKE
                            write_json_atomically)
 from harness.clock import SPAN
 from harness.errors import fail
-# Not the judge's: where the shards come from, and the device's name and memory peak for the record
-from machinery import DATASETS, MIN_CHARS_PER_TOKEN, ROW_GROUP_SIZE, default_device, get_data
-# Compatibility: train.py commits made before machinery.py existed import these hardware helpers
-# from here, and `analysis.py --confirm` still runs such commits. Remove once no night needs them.
-from machinery import (bf16_is_native, device_name, load_flash_attention_3, peak_flops_of,  # noqa: F401
-                       peak_memory_mb, synchronize, tune_process)
+# Not the judge's: where the shards come from, the FA3 kernel fetched once, and the device's name
+# and memory peak for the record
 from harness.attention import fetch_flash_attention_3
+from harness.data import DATASETS, MIN_CHARS_PER_TOKEN, ROW_GROUP_SIZE, get_data
+from harness.hardware import default_device, device_name, peak_memory_mb
+# Compatibility: train.py commits made before 2026-11-30 import these hardware helpers from here,
+# and `analysis.py --confirm` still runs such commits. Remove once no night from before then is
+# confirmed.
+from harness.attention import load_flash_attention_3  # noqa: F401
+from harness.hardware import bf16_is_native, peak_flops_of, synchronize, tune_process  # noqa: F401
 
 # ---------------------------------------------------------------------------
 # Setups: the comparability contract. Numbers are recorded in the cache at prepare time and read

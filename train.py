@@ -28,9 +28,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from prepare import MAX_SEQ_LEN, TIME_BUDGET, EVAL_TOKENS, SETUP, Tokenizer, make_dataloader, evaluate_bpb
-from machinery import (default_device, device_name, bf16_is_native, tune_process, synchronize,
-                       peak_flops_of, peak_memory_mb, budget_clock)
 from harness.attention import load_attention, build_block_masks
+from harness.clock import budget_clock
+from harness.errors import report_crashes
+from harness.hardware import (default_device, device_name, bf16_is_native, tune_process, synchronize,
+                              peak_flops_of, peak_memory_mb)
 
 # Line-buffered stdout: output redirected to run.log must not sit in a buffer and land after a
 # crash's traceback, which has to be the last thing in the log.
@@ -64,7 +66,7 @@ COMPILE_BY_BLOCK = device.type != "cuda"
 # elsewhere only the compile step is slower than the rest (step 1 runs as fast as step 2 on a CPU).
 UNTIMED_STEPS = 11 if device.type == "cuda" else 1
 
-tune_process(device, COMPILE)  # memory allocator and compiler settings: speed only (see machinery.py)
+tune_process(device, COMPILE)  # memory allocator and compiler settings: speed only (harness/hardware.py)
 # Flash Attention 3 where prepare.py fetched it; else FlexAttention for sliding windows on CUDA, SDPA
 # for the rest. One signature: attention(q, k, v, window_size), layout (B, T, heads, head_dim).
 attention, attention_note = load_attention(device)
@@ -508,18 +510,7 @@ print(f"Setup: {SETUP} (sequence length {MAX_SEQ_LEN}, training budget {TIME_BUD
       f"{EVAL_TOKENS:,} evaluation tokens), vocab size {vocab_size:,}")
 
 
-def report_crash(exc_type, exc, tb):
-    """Uncaught errors print their traceback as usual, on a fresh line after the status line; out
-    of memory also says which knob to turn."""
-    print(file=sys.stderr)
-    sys.__excepthook__(exc_type, exc, tb)
-    if issubclass(exc_type, torch.OutOfMemoryError) or "out of memory" in str(exc):  # MPS: RuntimeError
-        print(f"Out of memory at DEVICE_BATCH_SIZE = {DEVICE_BATCH_SIZE}: a crash (program.md: log it, then "
-              f"to fit, lower DEVICE_BATCH_SIZE for setup {SETUP!r}, e.g. halve it; gradient accumulation keeps "
-              f"TOTAL_BATCH_SIZE the same)", file=sys.stderr)
-
-
-sys.excepthook = report_crash
+report_crashes(SETUP)  # a traceback on a fresh line, last in run.log; out of memory names the knob
 
 
 def build_model_config(depth):

@@ -18,3 +18,16 @@ def fail(message):
 
 def warn(message):
     print(f"warning: {message}", file=sys.stderr)
+
+
+def report_crashes(setup):
+    """train.py's uncaught errors: the traceback as usual, but on a fresh line after the status line
+    (which ends in \r, not a newline) and last in run.log; out of memory also says which knob to turn.
+    Installed by train.py, whose process it is."""
+    def report(exc_type, exc, tb):
+        print(file=sys.stderr)
+        sys.__excepthook__(exc_type, exc, tb)
+        if exc_type.__name__ == "OutOfMemoryError" or "out of memory" in str(exc):  # MPS: a RuntimeError
+            print(f"Out of memory: a crash (program.md: log it, then to fit, lower DEVICE_BATCH_SIZE for setup "
+                  f"{setup!r}, e.g. halve it; gradient accumulation keeps TOTAL_BATCH_SIZE the same)", file=sys.stderr)
+    sys.excepthook = report

@@ -75,17 +75,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def judged_worktree(path, commit):
-    """A temporary checkout of `commit` judged by this checkout's judge: its JUDGE_FILES, and the
-    harness and machinery.py they import, copied over the commit's own (an old commit has neither
-    the test split's scoring nor the run record; its train.py imports machinery.py, whose
-    budget_clock is now harness's). The caller removes it (remove_worktree), however it ends."""
+    """A temporary checkout of `commit` judged by this checkout's judge: its JUDGE_FILES and the
+    harness they import, copied over the commit's own (an old commit has neither the test split's
+    scoring nor the run record), and a machinery.py for a train.py that still imports one
+    (harness/compat_machinery.py: today's budget clock under the old name). The caller removes it (remove_worktree), however it ends."""
     subprocess.run(["git", "worktree", "add", "--quiet", "--detach", path, commit], check=True, capture_output=True)
-    for name in JUDGE_FILES + ("machinery.py",):
+    for name in JUDGE_FILES:
         if os.path.exists(os.path.join(ROOT, name)):
             os.makedirs(os.path.dirname(os.path.join(path, name)), exist_ok=True)
             shutil.copy(os.path.join(ROOT, name), os.path.join(path, name))
     shutil.copytree(os.path.join(ROOT, "harness"), os.path.join(path, "harness"), dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(os.path.join(ROOT, "harness", "compat_machinery.py"), os.path.join(path, "machinery.py"))
 
 
 def remove_worktree(path):

@@ -11,25 +11,29 @@ import types
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests reach no hub: a GPU machine's prepare would fetch FA3
 TRAIN = os.path.join(ROOT, "train.py")
 HYPERPARAMETERS = "# Hyperparameters (edit these directly"  # train.py's section header after its definitions
 
 
+CACHE_MODULES = ("prepare", "harness.cache", "harness.data", "harness.hardware")  # they read the cache's place
+
+
 def load_prepare(monkeypatch, cache):
-    """prepare.py and machinery.py read the cache's location and setup at import: import both afresh
-    for this cache. Returns prepare; `import machinery` after this gets the fresh machinery."""
+    """prepare.py and the harness modules it imports read the cache's location and setup at import:
+    import them afresh for this cache. Returns prepare."""
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(cache))
     monkeypatch.syspath_prepend(ROOT)
-    for name in ("prepare", "machinery", "harness.cache"):
+    for name in CACHE_MODULES:
         sys.modules.pop(name, None)
     import prepare
     return prepare
 
 
-def load_machinery(monkeypatch, cache):
-    """machinery.py afresh for this cache (with prepare.py, which imports it)."""
+def load_harness(monkeypatch, cache, name):
+    """harness/<name>.py afresh for this cache (with prepare.py, which imports it)."""
     load_prepare(monkeypatch, cache)
-    return sys.modules["machinery"]
+    return sys.modules[f"harness.{name}"]
 
 
 def train_definitions(source=None, until=HYPERPARAMETERS):

@@ -8,7 +8,7 @@ val_bpb, training_seconds and wall seconds per cell: median [min..max]. `uptime`
     .venv/bin/python tests/fairness.py --rounds 3 old=HEAD~1 new=.
     .venv/bin/python tests/fairness.py --probe old=HEAD~1   # per-step clocks, see probe_table()
 
-A variant is NAME=REV: train.py and machinery.py from git revision REV, or from the work tree for
+A variant is NAME=REV: train.py and its clock (harness/, or machinery.py before it) from git revision REV, or from the work tree for
 `.`; prepare.py is always the work tree's. ENV=VALUE pairs after a colon set the run's environment,
 e.g. spin=.:OMP_WAIT_POLICY=PASSIVE. --probe patches each copy to record, per step, the wall time,
 the process CPU time and every thread's scheduler run-queue delay (/proc/self/task/*/schedstat),
@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -68,7 +69,16 @@ def make_variant(work, name, spec, probe):
     rev, _, env = spec.partition(":")
     folder = os.path.join(work, "variants", name)
     os.makedirs(folder, exist_ok=True)
-    for file in ("train.py", "machinery.py"):
+    # the budget clock is harness/clock.py's since 2026-12-04 (machinery.py's before): a variant runs
+    # its own revision's harness/ (or machinery.py), the script's folder first on the path
+    if rev == ".":
+        shutil.copytree(os.path.join(ROOT, "harness"), os.path.join(folder, "harness"), dirs_exist_ok=True)
+    else:
+        for tree in ("harness", "machinery.py"):
+            if subprocess.run(["git", "-C", ROOT, "cat-file", "-e", f"{rev}:{tree}"]).returncode == 0:
+                archive = subprocess.run(["git", "-C", ROOT, "archive", rev, tree], capture_output=True, check=True)
+                subprocess.run(["tar", "-x", "-C", folder], input=archive.stdout, check=True)
+    for file in ("train.py",):
         if rev == ".":
             text = open(os.path.join(ROOT, file)).read()
         else:

@@ -35,7 +35,7 @@ parser.add_argument("--seq-len", type=int, default=2048)
 args = parser.parse_args()
 
 sys.path.insert(0, ROOT)
-import machinery  # noqa: E402
+from harness import hardware  # noqa: E402
 import prepare  # noqa: E402
 from harness import attention as harness_attention  # noqa: E402
 
@@ -80,5 +80,5 @@ tokens = train["TOTAL_BATCH_SIZE"]
 mfu = 100 * train["num_flops_per_token"] * tokens / dt / train["peak_flops"]
 print(f"full_steps: depth {train['DEPTH']}, {train['DEVICE_BATCH_SIZE']} x {args.seq_len} tokens a micro-step, "
       f"{train['grad_accum_steps']} a step | first step {times[0]:.1f} s | median step {dt * 1000:.0f} ms | "
-      f"{tokens / dt:,.0f} tok/s | MFU {mfu:.1f}% | peak memory {machinery.peak_memory_mb(device):,.0f} MB | "
+      f"{tokens / dt:,.0f} tok/s | MFU {mfu:.1f}% | peak memory {hardware.peak_memory_mb(device):,.0f} MB | "
       f"attention: {train['attention_note']}")

@@ -15,7 +15,7 @@ import warnings
 import pytest
 import torch
 
-from conftest import ROOT, load_machinery, load_prepare
+from conftest import ROOT, load_prepare
 
 sys.path.insert(0, ROOT)
 from harness import attention as att  # noqa: E402
@@ -146,7 +146,7 @@ def test_on_the_cpu_attention_is_sdpa(window):
 
 
 def test_the_attention_line_names_each_kind_of_layer_kernel(monkeypatch, tmp_path):
-    load_machinery(monkeypatch, tmp_path)  # the kernels.lock of an empty cache
+    load_prepare(monkeypatch, tmp_path)  # the kernels.lock of an empty cache
     fn, note = att.load_attention(CPU)
     assert fn is att.pytorch_attention and "\n" not in note
     assert note.startswith("SDPA with a boolean mask on sliding-window layers, SDPA's causal kernel on full ones")
@@ -200,7 +200,7 @@ def test_fa3_repository_by_gpu():
 
 
 def test_a_pin_is_recorded_and_read_back_beside_other_gpus_pins(monkeypatch, tmp_path):
-    load_machinery(monkeypatch, tmp_path)
+    load_prepare(monkeypatch, tmp_path)
     lock = att.kernels_lock_file()
     assert os.path.dirname(lock) == str(tmp_path)  # beside setup.json
     assert att.read_lock(lock) == {}
@@ -267,9 +267,11 @@ def test_prepare_prints_the_kernel_line(monkeypatch, tmp_path, corpus, capsys):
 
 
 def test_old_train_py_commits_still_find_the_fa3_loader_where_they_import_it(tmp_path):
-    # `analysis.py --confirm` runs a night's old commits with this checkout's judge, machinery.py and
-    # harness/; their train.py imports load_flash_attention_3 from prepare (which has it from machinery)
-    code = ("import torch; from prepare import load_flash_attention_3 as p; from machinery import load_flash_attention_3 as m; "
+    # `analysis.py --confirm` runs a night's old commits with this checkout's judge and harness/, and
+    # harness/compat_machinery.py as their machinery.py; their train.py imports load_flash_attention_3
+    # from prepare or from machinery
+    code = ("import torch; from prepare import load_flash_attention_3 as p; "
+            "from harness.compat_machinery import load_flash_attention_3 as m; "
             "from harness.attention import load_flash_attention_3 as h; assert p is m is h; print(p(torch.device('cpu'))[1])")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                             env=dict(os.environ, AUTORESEARCH_CACHE=str(tmp_path)))

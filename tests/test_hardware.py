@@ -1,4 +1,4 @@
-"""machinery.py's hardware utilities: the CPU's measured matmul peak that MFU is read against, and
+"""harness/hardware.py's utilities: the CPU's measured matmul peak that MFU is read against, and
 the one-shot GPU check script (its plumbing, as far as a CPU can run it)."""
 import os
 import re
@@ -10,92 +10,92 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, load_machinery
+from conftest import ROOT, load_harness
 
 
 @pytest.fixture
-def machinery(monkeypatch, tmp_path):
-    return load_machinery(monkeypatch, tmp_path)
+def hardware(monkeypatch, tmp_path):
+    return load_harness(monkeypatch, tmp_path, "hardware")
 
 
-def test_cpu_peak_is_measured_once_per_machine_and_kept(machinery, monkeypatch):
-    monkeypatch.setattr(machinery, "measure_undisturbed", lambda measure: (measure(), True))  # a quiet machine
+def test_cpu_peak_is_measured_once_per_machine_and_kept(hardware, monkeypatch):
+    monkeypatch.setattr(hardware, "measure_undisturbed", lambda measure: (measure(), True))  # a quiet machine
     calls = []
-    monkeypatch.setattr(machinery, "measure_matmul_flops", lambda dtype: calls.append(dtype) or 123e9)
+    monkeypatch.setattr(hardware, "measure_matmul_flops", lambda dtype: calls.append(dtype) or 123e9)
     cpu = torch.device("cpu")
-    assert machinery.peak_flops_of(cpu, bf16=True) == 123e9
-    assert machinery.peak_flops_of(cpu, bf16=True) == 123e9
+    assert hardware.peak_flops_of(cpu, bf16=True) == 123e9
+    assert hardware.peak_flops_of(cpu, bf16=True) == 123e9
     assert calls == [torch.bfloat16]  # the second run read it from the cache
-    assert os.path.exists(machinery.PEAK_FLOPS_FILE)
-    machinery.peak_flops_of(cpu, bf16=False)  # another precision is another peak
+    assert os.path.exists(hardware.PEAK_FLOPS_FILE)
+    hardware.peak_flops_of(cpu, bf16=False)  # another precision is another peak
     assert calls == [torch.bfloat16, torch.float32]
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1 if threads > 1 else 2)  # so is another thread count
-        machinery.peak_flops_of(cpu, bf16=True)
+        hardware.peak_flops_of(cpu, bf16=True)
     finally:
         torch.set_num_threads(threads)
     assert len(calls) == 3
 
 
-def test_a_peak_a_neighbour_disturbed_is_measured_again_until_undisturbed(machinery, monkeypatch):
+def test_a_peak_a_neighbour_disturbed_is_measured_again_until_undisturbed(hardware, monkeypatch):
     rates, undisturbed = iter([50e9, 40e9, 200e9]), iter([False, False, True])
-    monkeypatch.setattr(machinery, "measure_undisturbed", lambda measure: (measure(), next(undisturbed)))
-    monkeypatch.setattr(machinery, "measure_matmul_flops", lambda dtype: next(rates))
+    monkeypatch.setattr(hardware, "measure_undisturbed", lambda measure: (measure(), next(undisturbed)))
+    monkeypatch.setattr(hardware, "measure_matmul_flops", lambda dtype: next(rates))
     cpu = torch.device("cpu")
-    assert machinery.peak_flops_of(cpu, bf16=True) == 50e9
-    assert machinery.peak_flops_of(cpu, bf16=True) == 50e9  # disturbed again, and lower: the better one kept
-    assert machinery.peak_flops_of(cpu, bf16=True) == 200e9  # undisturbed at last
-    assert machinery.peak_flops_of(cpu, bf16=True) == 200e9  # and kept: no fourth probe
+    assert hardware.peak_flops_of(cpu, bf16=True) == 50e9
+    assert hardware.peak_flops_of(cpu, bf16=True) == 50e9  # disturbed again, and lower: the better one kept
+    assert hardware.peak_flops_of(cpu, bf16=True) == 200e9  # undisturbed at last
+    assert hardware.peak_flops_of(cpu, bf16=True) == 200e9  # and kept: no fourth probe
 
 
-def test_a_measurement_is_disturbed_when_a_thread_waits_for_a_cpu(machinery, monkeypatch):
+def test_a_measurement_is_disturbed_when_a_thread_waits_for_a_cpu(hardware, monkeypatch):
     """The night's case: on 2 cores one busy neighbour kept the load average at 1 (quiet, by the
     old test), halved the 2-thread peak, and MFU read over 100% for every run after."""
     waits = iter([{"1": 0.0, "2": 0.0}, {"1": 0.0, "2": 0.004}])  # 4 ms of 100: quiet
-    assert machinery.measure_undisturbed(lambda: time.sleep(0.1) or 7, lambda: next(waits)) == (7, True)
+    assert hardware.measure_undisturbed(lambda: time.sleep(0.1) or 7, lambda: next(waits)) == (7, True)
     waits = iter([{"1": 0.0, "2": 0.0}, {"1": 0.01, "2": 0.0, "3": 0.06}])  # "3": a thread the measurement started
-    assert machinery.measure_undisturbed(lambda: time.sleep(0.1) or 7, lambda: next(waits)) == (7, False)
+    assert hardware.measure_undisturbed(lambda: time.sleep(0.1) or 7, lambda: next(waits)) == (7, False)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 0.0, 0.0))  # no schedstat (macOS): the load average
-    assert machinery.measure_undisturbed(lambda: 7, lambda: None) == (7, False)
+    assert hardware.measure_undisturbed(lambda: 7, lambda: None) == (7, False)
     monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.0, 0.0))
-    assert machinery.measure_undisturbed(lambda: 7, lambda: None) == (7, True)
+    assert hardware.measure_undisturbed(lambda: 7, lambda: None) == (7, True)
 
 
 @pytest.mark.parametrize("contents", ['{"%s": 99000000000.0}', '[1, 2]', '{"%s": {"flops": 1}}',
                                       '{"%s": {"flops": 1, "quiet": true}}'])  # "quiet": by the load average
-def test_a_peak_file_of_another_format_is_measured_afresh(machinery, monkeypatch, contents):
-    monkeypatch.setattr(machinery, "measure_undisturbed", lambda measure: (measure(), True))
-    monkeypatch.setattr(machinery, "measure_matmul_flops", lambda dtype: 123e9)
-    key = f"{machinery.cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__} | {torch.bfloat16}"
-    with open(machinery.PEAK_FLOPS_FILE, "w") as f:
+def test_a_peak_file_of_another_format_is_measured_afresh(hardware, monkeypatch, contents):
+    monkeypatch.setattr(hardware, "measure_undisturbed", lambda measure: (measure(), True))
+    monkeypatch.setattr(hardware, "measure_matmul_flops", lambda dtype: 123e9)
+    key = f"{hardware.cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__} | {torch.bfloat16}"
+    with open(hardware.PEAK_FLOPS_FILE, "w") as f:
         f.write(contents.replace("%s", key.replace('"', '\\"')) if "%s" in contents else contents)
-    assert machinery.peak_flops_of(torch.device("cpu"), bf16=True) == 123e9
+    assert hardware.peak_flops_of(torch.device("cpu"), bf16=True) == 123e9
 
 
 @pytest.mark.skipif(shutil.which("g++") is None or torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
                     reason="needs g++ and an x86 CPU with AVX2")
-def test_a_vector_isa_check_passed_once_is_not_run_again(machinery, monkeypatch, tmp_path):
+def test_a_vector_isa_check_passed_once_is_not_run_again(hardware, monkeypatch, tmp_path):
     from torch._inductor import cpu_vec_isa
     monkeypatch.setattr(cpu_vec_isa.VecISA, "check_build", cpu_vec_isa.VecISA.check_build)  # undone afterwards
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     loads = []  # inductor's check loads the library it built in a fresh Python process: the slow part
     check_call = subprocess.check_call
     monkeypatch.setattr(subprocess, "check_call", lambda *args, **kw: loads.append(args) or check_call(*args, **kw))
-    machinery.remember_isa_checks("12")
+    hardware.remember_isa_checks("12")
     avx2 = cpu_vec_isa.VecAVX2()
     assert avx2.check_build(cpu_vec_isa.VecISA._avx_code)
-    assert len(loads) == 1 and len(machinery.read_json(machinery.ISA_CHECKS_FILE)) == 1
+    assert len(loads) == 1 and len(hardware.read_json(hardware.ISA_CHECKS_FILE)) == 1
     assert avx2.check_build(cpu_vec_isa.VecISA._avx_code)
     assert len(loads) == 1  # the kept answer: no build, no fresh process
     assert not avx2.check_build("this is not C++")
-    assert len(machinery.read_json(machinery.ISA_CHECKS_FILE)) == 1  # a failure is not kept
+    assert len(hardware.read_json(hardware.ISA_CHECKS_FILE)) == 1  # a failure is not kept
 
 
-def test_matmul_probe_measures_a_plausible_rate(machinery):
-    flops = machinery.measure_matmul_flops(torch.float32, sizes=(128, 256), seconds=0.05)
+def test_matmul_probe_measures_a_plausible_rate(hardware):
+    flops = hardware.measure_matmul_flops(torch.float32, sizes=(128, 256), seconds=0.05)
     assert 1e8 < flops < 1e14  # 0.1 GFLOP/s .. 100 TFLOP/s: a CPU, fast or slow
 
 

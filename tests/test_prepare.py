@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import ROOT, ShardServer, load_machinery, load_prepare, run_prepare, stdlib_documents, write_corpus
+from conftest import ROOT, ShardServer, load_harness, load_prepare, run_prepare, stdlib_documents, write_corpus
 
 sys.path.insert(0, ROOT)
-from machinery import DOC_CHARS  # noqa: E402
+from harness.data import DOC_CHARS  # noqa: E402
 
 
 def assert_one_line_error(result, *needles):
@@ -55,7 +55,7 @@ def server(tmp_path):
 
 
 def test_download_retries_until_the_server_recovers(server, tmp_path, monkeypatch):
-    mach = load_machinery(monkeypatch, tmp_path / "cache")
+    mach = load_harness(monkeypatch, tmp_path / "cache", "data")
     path = "/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main/shard_00000.parquet"
     server.failures[path] = 2
     dest = tmp_path / "shard.parquet"
@@ -65,7 +65,7 @@ def test_download_retries_until_the_server_recovers(server, tmp_path, monkeypatc
 
 
 def test_a_mirror_that_compresses_is_downloaded_whole(server, tmp_path, monkeypatch):
-    mach = load_machinery(monkeypatch, tmp_path / "cache")
+    mach = load_harness(monkeypatch, tmp_path / "cache", "data")
     server.compress = True
     path = "/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main/shard_00000.parquet"
     dest = tmp_path / "shard.parquet"
@@ -74,7 +74,7 @@ def test_a_mirror_that_compresses_is_downloaded_whole(server, tmp_path, monkeypa
 
 
 def test_truncated_download_is_fetched_again_and_never_kept(server, tmp_path, monkeypatch):
-    mach = load_machinery(monkeypatch, tmp_path / "cache")
+    mach = load_harness(monkeypatch, tmp_path / "cache", "data")
     path = "/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main/shard_00001.parquet"
     dest = tmp_path / "shard.parquet"
     server.truncate[path] = 1
@@ -604,7 +604,7 @@ def test_the_judge_scores_only_the_real_vocabulary_of_a_padded_model(smoke_cache
     assert prep.evaluate_bpb(padded, tok, 32) == pytest.approx(prep.evaluate_bpb(model, tok, 32), rel=1e-6)
 
 
-def test_train_py_commits_made_before_machinery_still_find_their_hardware_helpers_in_prepare(smoke_cache):
+def test_train_py_commits_made_before_2026_11_30_still_find_their_hardware_helpers_in_prepare(smoke_cache):
     # `analysis.py --confirm` runs old commits against this judge; their train.py imports these from prepare
     code = ("from prepare import (default_device, device_name, bf16_is_native, tune_process, synchronize, "
             "load_flash_attention_3, peak_flops_of, peak_memory_mb)")

@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, TRAIN, ShardServer, load_machinery, load_prepare, stdlib_documents, train_definitions
+from conftest import ROOT, TRAIN, ShardServer, load_harness, load_prepare, stdlib_documents, train_definitions
 
 sys.path.insert(0, ROOT)
 
@@ -211,7 +211,7 @@ def nothing_left(folder):
 @pytest.mark.parametrize("claimed", [+1000, -1000], ids=["claims-more", "claims-less"])
 def test_a_content_length_mismatch_is_refused(one_shard, tmp_path, monkeypatch, claimed):
     srv, path, body = one_shard
-    mach = load_machinery(monkeypatch, tmp_path / "cache")
+    mach = load_harness(monkeypatch, tmp_path / "cache", "data")
     dest = tmp_path / "dest.parquet"
     # The whole, valid file, under a Content-Length that does not match it: never kept
     srv.plan[path] = [(body, len(body) + claimed)] * 3
@@ -242,7 +242,7 @@ def corrupt_a_page(body, tmp_path):
 
 def test_a_corrupt_page_in_a_complete_file_is_refused(one_shard, tmp_path, monkeypatch):
     srv, path, body = one_shard
-    mach = load_machinery(monkeypatch, tmp_path / "cache")
+    mach = load_harness(monkeypatch, tmp_path / "cache", "data")
     bad = corrupt_a_page(body, tmp_path)
     assert not mach.verify_parquet(str(tmp_path / "probe.parquet"))
     dest = tmp_path / "dest.parquet"
@@ -263,7 +263,7 @@ def test_a_corrupt_page_in_a_complete_file_is_refused(one_shard, tmp_path, monke
 # and a 300,000-character line, which stays one document)
 
 def test_one_huge_line_is_split_into_documents_keeping_every_character(tmp_path, monkeypatch):
-    mach = load_machinery(monkeypatch, tmp_path / "cache")
+    mach = load_harness(monkeypatch, tmp_path / "cache", "data")
     words = " ".join(documents()).encode("ascii", "ignore").decode().split()
     text = " ".join(words)
     text = (text * (2_600_000 // len(text) + 1))[:2_600_000]  # 2.6 MB, no line break at all
@@ -276,7 +276,7 @@ def test_one_huge_line_is_split_into_documents_keeping_every_character(tmp_path,
 
 
 def test_one_huge_line_of_non_ascii_text_is_split_without_breaking_characters(tmp_path, monkeypatch):
-    mach = load_machinery(monkeypatch, tmp_path / "cache")
+    mach = load_harness(monkeypatch, tmp_path / "cache", "data")
     text = "xxx" + "Crème brûlée, naïve façade à São Paulo. " * 40_000  # 1.7 MB in one line
     encoded = text.encode("utf-8")
     assert encoded[1 << 20] & 0xC0 == 0x80  # byte 2**20 is inside a character

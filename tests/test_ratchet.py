@@ -20,7 +20,7 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT))
 import analysis  # noqa: E402
 
-PROJECT_FILES = ["prepare.py", "machinery.py", "train.py", "program.md", "analysis.py", "README.md", "pyproject.toml",
+PROJECT_FILES = ["prepare.py", "train.py", "program.md", "analysis.py", "README.md", "pyproject.toml",
                  "uv.lock", ".python-version", ".gitignore"]
 PROJECT_FOLDERS = ["harness"]
 
