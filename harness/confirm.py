@@ -6,7 +6,6 @@ results.tsv (part of the judge: its verdict is a decision)."""
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from harness import runrecord
 from harness.cache import TEST_ROWS_FILE, CACHE_DIR, write_json_atomically
 from harness.errors import fail
 from harness.results import baseline_of, best_of
-from harness.run import TIMEOUT, judged_worktree, remove_worktree, run_summary
+from harness.run import TIMEOUT, judged_worktree, remove_worktree, run_summary, watch
 
 def confirmation_run(worktree, log_path):
     """train.py once in confirmation mode: ({val_bpb, test_bpb, num_steps}, None) or (None, why),
@@ -27,23 +26,19 @@ def confirmation_run(worktree, log_path):
     os.makedirs(run_dir, exist_ok=True)
     env = dict(os.environ, AUTORESEARCH_CONFIRM="1", **{runrecord.RUN_DIR_ENV: run_dir})
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "train.py"], cwd=worktree, stdout=log, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True)
-        try:
-            proc.wait(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            return None, f"TIMEOUT after {TIMEOUT} s"
-        finally:
-            if proc.poll() is None:  # timed out, or interrupted: end train.py and its compile workers
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        code, stopped = watch([sys.executable, "train.py"], TIMEOUT, env=env, cwd=worktree, stdout=log,
+                              stderr=subprocess.STDOUT, announce=False)
+    if stopped and stopped.startswith("KILLED"):
+        raise KeyboardInterrupt  # the human stopped Confirm: its caller removes the worktrees
+    if stopped:
+        return None, f"TIMEOUT after {TIMEOUT} s"
     text = open(log_path, errors="replace").read().replace("\r", "\n")
     judge = runrecord.read_parts(run_dir).get("judge") or {}
     figures = {"val_bpb": judge.get("val_bpb"), "test_bpb": judge.get("test_bpb"),
                "num_steps": run_summary(text, ("num_steps",))["num_steps"]}
-    if proc.returncode != 0 or figures["val_bpb"] is None or figures["test_bpb"] is None:
+    if code != 0 or figures["val_bpb"] is None or figures["test_bpb"] is None:
         last = [line for line in text.splitlines() if line.strip() and not line.startswith("step ")]
-        return None, f"crash, exit {proc.returncode}: {last[-1][:150] if last else 'no output'}"
+        return None, f"crash, exit {code}: {last[-1][:150] if last else 'no output'}"
     return figures, None
 
 

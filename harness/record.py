@@ -15,11 +15,12 @@ import json
 import math
 import os
 import re
-import signal
 import subprocess
+import tempfile
 import time
 
 from harness import JUDGE_FILES
+from harness.run import watch
 
 STATUSES = ("keep", "discard", "crash")
 LOCAL, HUB = "refs/heads/autoresearch-log/", "refs/remotes/hub/autoresearch-log/"
@@ -108,22 +109,20 @@ def record(repo, commit, val_bpb, memory_gb, status, description, setup="", devi
 
 def bounded_git(repo, args, timeout):
     """Run git against the hub with no prompts and a hard time limit; returns an error or None.
-    The whole process group is killed on timeout: a hung ssh child would otherwise keep the
-    pipes open and make us wait for it anyway."""
+    The whole process group is killed on timeout (harness/run.py's watch): a hung ssh child would
+    otherwise keep git's output open and make us wait for it anyway."""
     env = dict(os.environ, GIT_TERMINAL_PROMPT="0")
     env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes -o ConnectTimeout=5")
-    p = subprocess.Popen(["git", "-C", repo, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, env=env, start_new_session=True)
-    try:
-        _, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.communicate()
-        return f"no answer in {timeout:g} s"
-    if p.returncode != 0:
-        lines = [l for l in err.decode(errors="replace").splitlines() if l.strip()]
+    with tempfile.TemporaryFile() as err:  # a file, not a pipe: a killed ssh's children cannot hold it open
+        code, stopped = watch(["git", "-C", repo, *args], timeout, env=env, stdout=subprocess.DEVNULL,
+                              stderr=err, announce=False)
+        err.seek(0)
+        lines = [l for l in err.read().decode(errors="replace").splitlines() if l.strip()]
+    if stopped:
+        return f"no answer in {timeout:g} s" if stopped.startswith("TIMEOUT") else f"stopped ({stopped})"
+    if code != 0:
         lines = [l for l in lines if l.startswith(("fatal:", "error:"))] or lines  # the cause, not the advice
-        return one_line(lines[0] if lines else f"git exited with {p.returncode}", 200)
+        return one_line(lines[0] if lines else f"git exited with {code}", 200)
     return None
 
 

@@ -114,32 +114,41 @@ def say(text, stream=sys.stdout):
     print(text, file=stream, flush=True)
 
 
-def watch(command, run_dir, timeout, cwd=None):
-    """Run `command` in its own process group with the record's folder named in its environment;
-    returns (exit code, how it was stopped or None). The whole group goes on a timeout or on a
-    signal to us (compile workers included); a signal already ignored (nohup, `&`) stays ignored."""
-    env = dict(os.environ, **{runrecord.RUN_DIR_ENV: run_dir})
-    proc = subprocess.Popen(command, env=env, cwd=cwd, start_new_session=True)
+def watch(command, timeout, env=None, cwd=None, stdout=None, stderr=None, announce=True):
+    """The one process-group runner, for every command that may have to kill what it started (Run,
+    Confirm, the hub's git): `command` in its own process group, the whole group killed after
+    `timeout` seconds or when we get SIGINT, SIGTERM or SIGHUP (compile workers and ssh children
+    included; a signal already ignored, as under nohup or `&`, stays ignored, and our own handlers
+    are restored after). Returns (exit code, how it was stopped or None); with `announce`, the
+    stop is also said on stderr, on a line of its own."""
+    proc = subprocess.Popen(command, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                            start_new_session=True)
     stopped = []
 
     def stop(why):
         stopped.append(why)
-        say(f"\n{why}", sys.stderr)
+        if announce:
+            say(f"\n{why}", sys.stderr)
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
 
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(sig) != signal.SIG_IGN:
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    for sig, handler in before.items():
+        if handler != signal.SIG_IGN:
             signal.signal(sig, lambda num, _: stop(f"KILLED: by {signal.Signals(num).name}"))
-    deadline = time.time() + timeout
-    while proc.poll() is None:
-        try:
-            proc.wait(timeout=max(0.1, min(1.0, deadline - time.time())))
-        except subprocess.TimeoutExpired:
-            if time.time() >= deadline and not stopped:
-                stop(f"TIMEOUT: killed after {timeout} s")
+    try:
+        deadline = time.time() + timeout
+        while proc.poll() is None:
+            try:
+                proc.wait(timeout=max(0.1, min(1.0, deadline - time.time())))
+            except subprocess.TimeoutExpired:
+                if time.time() >= deadline and not stopped:
+                    stop(f"TIMEOUT: killed after {timeout:g} s")
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
     code = proc.returncode
     return (128 - code if code < 0 else code), (stopped[0] if stopped else None)
 
@@ -164,7 +173,8 @@ def run(baseline_commit=None, incumbent=None, command=None, timeout=TIMEOUT):
     try:
         if worktree:
             judged_worktree(worktree, commit)
-        code, stopped = watch(command or [sys.executable, "train.py"], run_dir, timeout, cwd=worktree)
+        code, stopped = watch(command or [sys.executable, "train.py"], timeout, cwd=worktree,
+                              env=dict(os.environ, **{runrecord.RUN_DIR_ENV: run_dir}))
     finally:
         if worktree:
             remove_worktree(worktree)
