@@ -110,7 +110,7 @@ def format_text(summary, path):
     imp, noise = summary["improvement"], base["noise"]
     runs = ",".join(f"#{i}" for i in base["indices"])
     out.append(f"baseline  {base['val_bpb']:.6f}  {runs:<7} {base['commit']:<7}  {base['description']}"
-               + (f", noise {noise:.6f}" if noise else ""))
+               + (f", its pair {noise:.6f} apart" if noise else ""))
     if best is not base:
         out.append(f"best      {best['val_bpb']:.6f}  #{best['index']:<6} {best['commit']:<7}  {best['description']}")
     out.append(f"improved  {imp['absolute']:.6f}  ({imp['relative']:.2%} lower than the baseline)")
@@ -285,7 +285,8 @@ def note_run(state, run, head, role):
     night = state.setdefault("runs", [])
     if not any(r["sha"] == run["sha"] for r in night):
         night.append({"commit": head, "role": role, "val_bpb": run["val_bpb"], "steps": pace_of(run),
-                      "time": run["finished"] or time.time(), "sha": run["sha"]})
+                      "time": run["finished"] or time.time(), "sha": run["sha"],
+                      "memory_gb": (run["peak_vram_mb"] or 0.0) / 1024})
     return next(r for r in night if r["sha"] == run["sha"])
 
 
@@ -502,7 +503,7 @@ def cmd_log(log, typed, description):
         status, value, memory = "crash", 0.0, 0.0
     else:
         value = round(d["value"] if d["value"] is not None else run["val_bpb"], 6)  # as results.tsv holds it
-        memory = (run["peak_vram_mb"] or 0.0) / 1024
+        memory = candidate_memory(d["state"], d["commit"] or head, run)
         if d.get("baseline_pair"):  # baseline_of reads the bar's two runs from here
             description = "baseline run 3 (the bar: runs {} and {})".format(*d["baseline_pair"])
     commit = d["commit"] or head  # an incumbent's run decides the candidate's row
@@ -514,6 +515,12 @@ def cmd_log(log, typed, description):
     save_state(state)
     share(run, commit, value, memory, status, description)
     return 0
+
+
+def candidate_memory(state, commit, run):
+    """The candidate's peak memory (GB), from its latest run: the run Log reads may be the incumbent's."""
+    mine = [r for r in state.get("runs", []) if r["role"] != "incumbent" and same_commit(r["commit"], commit)]
+    return mine[-1].get("memory_gb", 0.0) if mine else (run["peak_vram_mb"] or 0.0) / 1024
 
 
 def share(run, commit, value, memory, status, description):

@@ -78,6 +78,7 @@ ALPHA = 0.15              # one-sided level of each look of the confirmation's t
 FUTILITY = 0.5            # a confirmation ends, discarded, once its gain is at most this many SEs
 MAX_CANDIDATE_RUNS = 3    # the candidate's runs, its first included: no verdict by then, discarded
 SIMPLER_CREDIT = 2.5      # a train.py with fewer lines of code is credited this many noises of gain
+MAX_RUNS = 8              # an experiment's runs, the incumbent's beside it included: no verdict by then, discarded
 
 
 def decide(runs, run, incumbent, shorter_by=0):
@@ -107,16 +108,21 @@ def decide(runs, run, incumbent, shorter_by=0):
          "credit": SIMPLER_CREDIT * noise if shorter_by > 0 else 0.0, "candidate_runs": 0,
          "incumbent_runs": 0, "candidate_mean": None, "incumbent_mean": None,
          "incumbent_age_s": run["time"] - theirs[-1]["time"] if theirs else None}
+    since = [r for r in night if same_commit(r["commit"], incumbent) and r["time"] > mine[0]["time"]]
+    if len(mine) + len(since) >= MAX_RUNS:  # a machine whose speed keeps changing: judge no longer
+        return {**d, "decision": "discard", "stage": "confirm",
+                "reason": f"{len(mine) + len(since)} runs and the machine's speed kept changing: no verdict, discard"}
     if len(mine) == 1:
-        return screen(d, mine[0], theirs, df)
+        return screen(d, mine[0], theirs, df, len(since))
     return confirm(d, mine, [r for r in theirs if r["time"] > mine[1]["time"]], change, df)
 
 
-def screen(d, first, theirs, df):
+def screen(d, first, theirs, df, refreshed):
     """The candidate's first run against the incumbent's latest runs: discard, or go on to the
     confirmation; or first one more run of the incumbent, when there is nothing fit to compare
-    (at most MAX_REFRESH times, so an erratic machine cannot loop: then it judges as it can)."""
-    refreshing = len([r for r in theirs if r["time"] > first["time"]]) < MAX_REFRESH
+    (at most MAX_REFRESH times, counted whatever the machine did since, so an erratic machine
+    cannot loop: then it judges as it can)."""
+    refreshing = refreshed < MAX_REFRESH
     if d["repeats"] < MIN_REPEATS and refreshing:
         return run_next(d, "incumbent", f"the noise rests on {plural(d['repeats'], 'repeat')}, too few to judge by "
                                         f"(at least {MIN_REPEATS})")
@@ -127,8 +133,8 @@ def screen(d, first, theirs, df):
     ref = [r for r in theirs if r["time"] >= theirs[-1]["time"] - RECENT_S]
     steps = mean_steps(ref)
     if theirs[-1]["time"] < first["time"] and steps and speed_differs(first, {"steps": steps}) and refreshing:
-        return run_next(d, "incumbent", f"the first run fitted {first['steps']:.0f} steps, the incumbent "
-                                        f"{steps:.0f}: the machine may have changed speed")
+        return run_next(d, "incumbent", f"the first run's pace was {first['steps']:,.0f}, the incumbent's "
+                                        f"{steps:,.0f}: the machine may have changed speed")
     gain = mean_of(ref, "val_bpb") - first["val_bpb"] + d["credit"]
     bar = t_quantile(SCREEN_P, df) * d["noise"] * math.sqrt(1 + 1 / len(ref))
     d.update(gain=gain, needed=bar, candidate_runs=1, incumbent_runs=len(ref),
@@ -288,8 +294,8 @@ def plural(n, word):
 
 
 def lately(now, runs):
-    """How recent the runs are, in words: the oldest finished this long before `now`."""
-    return f"of the last {max(1, round((now['time'] - min(r['time'] for r in runs)) / 60))} min"
+    """How close in time the runs are to `now`, in words (before or after it)."""
+    return f"within {max(1, round(max(abs(now['time'] - r['time']) for r in runs) / 60))} min of it"
 
 
 def credited(d):

@@ -186,3 +186,23 @@ def test_today_s_rule_as_simulated_keeps_luck():
     """The simulation replays today's rule faithfully enough to show what issue 22 measured: a
     quarter or more of the no-ops kept on a steady machine."""
     assert simulated("quiet", "today")["kept"]["no-op"] > 0.15
+
+
+def test_a_machine_whose_speed_keeps_changing_cannot_loop_the_incumbent_forever():
+    """Every incumbent run's pace disagrees with the last one's (the A/A night's stalled repeats):
+    the screen stops asking after MAX_REFRESH runs, and no experiment takes more than MAX_RUNS."""
+    night = quiet_night()[:2] + [r("c1", "candidate", 1.330, 30, steps=240)]
+    asked = 0
+    for i in range(20):
+        this = r("base", "incumbent", 1.34, 36 + 6 * i, steps=(170, 240)[i % 2])
+        d = keep_rule.decide(night, this, "base")
+        night.append(this)
+        if d["decision"] != "run" or d["who"] != "incumbent":
+            break
+        asked += 1
+    assert asked < keep_rule.MAX_RUNS - 1, asked
+    night = quiet_night() + [r("c1", "candidate", 1.2, 30)] + [
+        r(("c1", "base")[i % 2], ("candidate", "incumbent")[i % 2], 1.3, 36 + 6 * i, steps=(170, 240)[i // 2 % 2])
+        for i in range(keep_rule.MAX_RUNS - 2)]
+    d = keep_rule.decide(night[:-1], night[-1], "base")
+    assert d["decision"] == "discard" and "no verdict" in d["reason"]

@@ -509,7 +509,7 @@ def test_a_baseline_whose_runs_disagree_in_steps_gets_a_third_run(fake_agent):
     assert agent("Log", status="keep", description="better").returncode == 0
     rows, _ = analysis.read_log(str(repo / "results.tsv"))
     summary = analysis.format_text(analysis.summarize(rows), "results.tsv")
-    assert "the baseline (mean of runs 1 and 3 of 3), noise 0.010000" in summary, summary
+    assert "the baseline (mean of runs 1 and 3 of 3), its pair 0.010000 apart" in summary, summary
     assert "the baseline's 3, then 1 experiment: 1 kept" in summary and "improved  0.055000" in summary
 
 
