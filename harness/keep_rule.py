@@ -65,6 +65,8 @@ tests/test_keep_rule.py holds the targets.
 import math
 import statistics
 
+from harness.results import same_commit
+
 NOISE_FLOOR = 0.0005      # bpb: one run's noise is never taken below this (analysis.py's floor)
 RECENT_S = 20 * 60        # the screen compares with the incumbent's runs this close to its latest
 STALE_S = 55 * 60         # the incumbent's latest run older than this: it runs again before the screen
@@ -269,11 +271,6 @@ def code_lines_changed(diff_text):
                 added += line[0] == "+"
                 deleted += line[0] == "-"
     return added, deleted
-
-
-def same_commit(a, b):
-    """Commit ids as the log writes them (7 characters) or in full."""
-    return commit_key(a) == commit_key(b)
 
 
 def commit_key(commit):

@@ -27,6 +27,7 @@ from harness import JUDGE_FILES, runrecord
 
 TIMEOUT = 540  # seconds: a 300 s budget plus start-up, compile and evaluation, with room to spare
 RUNS = "autoresearch-runs"  # the records' folder, in the git directory (one per worktree)
+STATE = "autoresearch-state.json"  # Decide's state, beside it: the night's runs, the baseline's paces
 KEEP_RECORDS = 50
 SUMMARY_KEYS = ("val_bpb", "peak_vram_mb", "num_steps", "mfu_percent", "total_seconds", "training_seconds",
                 "training_wall_seconds")
