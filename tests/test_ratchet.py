@@ -243,14 +243,18 @@ def test_following_program_md_keeps_only_improvements(agent):
     assert git(repo, "rev-parse", "--short=7", "HEAD").strip() == initial
 
     # 2. the handicap undone: better (re-run if within the noise), kept, the branch advanced
-    out = experiment(lambda p: set_learning_rates(p, 1.0), "full learning rates")
     beside = 0
-    for _ in range(10):  # the keep rule's runs: the incumbent's beside the candidate's, as Decide asks
-        if decision(out) != "rerun":
+    for attempt in range(2):  # a machine busy enough to keep changing speed gives no verdict: once more
+        out = experiment(lambda p: set_learning_rates(p, 1.0), "full learning rates")
+        for _ in range(10):  # the keep rule's runs: the incumbent's beside the candidate's, as Decide asks
+            if decision(out) != "rerun":
+                break
+            beside += "trains the incumbent" in out.stdout
+            assert agent("Run").returncode == 0
+            out = agent("Decide")
+        if decision(out) == "keep" or "no verdict" not in out.stdout or attempt:
             break
-        beside += "trains the incumbent" in out.stdout
-        assert agent("Run").returncode == 0
-        out = agent("Decide")
+        assert agent("Discard").returncode == 0  # unlogged: the same idea is tried again, as a new commit
     assert decision(out) == "keep", out.stdout
     assert beside >= 1  # the incumbent ran again, in a temporary worktree, beside the candidate
     assert git(repo, "worktree", "list").count("\n") == 1  # ...which is gone
