@@ -130,17 +130,23 @@ def summary(values, fmt):
 def probe_table(probe):
     """Per-step seconds that each candidate clock would count, from one probed run: the wall
     clock; CPU time / threads; wall minus the threads' summed run-queue delay / threads; wall
-    minus the largest one thread's delay in the step."""
+    minus the largest one thread's delay in the step; wall minus the sum of the threads' delays;
+    the busiest thread's own CPU time in the step; and that CPU time held between wall-sum and
+    wall-max (the bounds a step's true stretch lies in, if waits stretch a step only at barriers)."""
     threads = probe["threads"]
-    rows = {"wall": [], "cpu/threads": [], "wall-sum/threads": [], "wall-max": [], "wall-sum": []}
+    rows = {"wall": [], "cpu/threads": [], "wall-sum/threads": [], "wall-max": [], "wall-sum": [],
+            "busiest-cpu": [], "clamped": []}
     for (w0, c0, d0), (w1, c1, d1) in probe["steps"][1:]:  # step 0 compiles
         wall = w1 - w0
         waits = [(d1[t][1] - d0.get(t, (0, 0))[1]) / 1e9 for t in d1]
+        runs = [(d1[t][0] - d0.get(t, (0, 0))[0]) / 1e9 for t in d1]
         rows["wall"].append(wall)
         rows["cpu/threads"].append((c1 - c0) / threads)
         rows["wall-sum/threads"].append(wall - sum(waits) / threads)
         rows["wall-max"].append(wall - max(waits))
         rows["wall-sum"].append(wall - sum(waits))
+        rows["busiest-cpu"].append(max(runs))
+        rows["clamped"].append(min(max(max(runs), wall - sum(waits)), wall - max(waits)))
     return {k: statistics.median(v) for k, v in rows.items()}
 
 

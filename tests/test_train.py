@@ -121,30 +121,39 @@ def test_model_trains_in_fp32(train, monkeypatch):
 # ---------------------------------------------------------------------------
 # The budget's clock
 
-def test_cpu_budget_clock_leaves_out_the_longest_wait_for_a_cpu(monkeypatch):
-    # Per interval between readings, the longest any one thread waited on a run queue: threads in
-    # an OpenMP region wait for the slowest at its barrier. A thread first seen brings no history.
-    wall = iter([100.0, 100.0, 110.0, 110.0, 120.0, 120.0])  # the run record's reading, then the clock's
-    delays = iter([{"1": 0.0, "2": 0.0}, {"1": 3.0, "2": 1.0}, {"1": 3.5, "2": 3.0, "3": 50.0},
-                   {"2": 3.0, "3": 50.0}])  # thread 1 ended
+def test_cpu_budget_clock_counts_what_waits_for_a_cpu_stretched_a_step(monkeypatch):
+    # Per interval between readings: {thread: (seconds it ran, seconds it waited for a CPU)}.
+    # The wall time less the stretch, which lies between the longest wait (all overlapping) and
+    # the sum (none overlapping); the busiest thread's CPU time says where. A new thread brings
+    # no history.
+    wall = iter([100.0, 100.0, 100.0, 112.0, 112.0, 123.0, 123.0, 131.0, 131.0])
+    times = iter([{"1": (0.0, 0.0), "2": (0.0, 0.0)},  # when the clock is made
+                  {"1": (0.0, 0.0), "2": (0.0, 0.0)},  # training starts
+                  # beside one busy process on 2 cores: the threads preempted 2 s each, at
+                  # different moments of the step; each computed its 8 s; the step took 12 s
+                  {"1": (8.0, 2.0), "2": (8.0, 2.0)},
+                  # beside a 2-thread neighbour: both preempted for the same 3 s
+                  {"1": (16.0, 5.0), "2": (16.0, 5.0), "3": (50.0, 50.0)},
+                  # quiet: nothing waits; a thread idle at a barrier now and then
+                  {"1": (23.9, 5.0), "2": (23.5, 5.0), "3": (50.0, 50.0)}])
     monkeypatch.setattr(budget.time, "time", lambda: next(wall))
-    clock, note = budget.budget_clock(torch.device("cpu"), read_delays=lambda: next(delays))
-    assert "waited for a CPU" in note
-    readings = [clock(), clock(), clock()]
-    assert readings[0] == 100.0 - 3.0
-    assert [b - a for a, b in zip(readings, readings[1:])] == [10.0 - 2.0, 10.0]
+    clock, note = budget.budget_clock(torch.device("cpu"), read_times=lambda: next(times))
+    assert "waits for a CPU" in note
+    readings = [clock() for _ in range(4)]
+    assert [b - a for a, b in zip(readings, readings[1:])] == [8.0, 8.0, 8.0]
 
 
-def test_run_queue_delays_reads_this_process_threads():
+def test_scheduler_times_reads_this_process_threads():
     if not os.path.isdir("/proc/self/task"):
         pytest.skip("no /proc (macOS)")
-    delays = budget.run_queue_delays()
-    assert str(os.getpid()) in delays and all(d >= 0 for d in delays.values())
-    assert budget.run_queue_delays("/nonexistent/task") is None
+    times = budget.scheduler_times()
+    assert str(os.getpid()) in times and all(ran > 0 and waited >= 0 for ran, waited in times.values())
+    assert budget.run_queue_delays().keys() == times.keys()
+    assert budget.scheduler_times("/nonexistent/task") is None and budget.run_queue_delays("/nonexistent/task") is None
 
 
 def test_without_run_queue_accounting_the_budget_clock_is_cpu_time_per_thread():
-    clock, note = budget.budget_clock(torch.device("cpu"), read_delays=lambda: None)
+    clock, note = budget.budget_clock(torch.device("cpu"), read_times=lambda: None)
     assert "\n" not in note and "CPU time" in note  # one line, and it says what it counts
     threads = torch.get_num_threads()
     start, cpu = clock(), time.process_time()
@@ -156,7 +165,7 @@ def test_without_run_queue_accounting_the_budget_clock_is_cpu_time_per_thread():
 
 def test_budget_clock_is_the_wall_clock_on_a_gpu():
     for kind in ("cuda", "mps"):
-        clock, note = budget.budget_clock(torch.device(kind), read_delays=lambda: {"1": 5.0})
+        clock, note = budget.budget_clock(torch.device(kind), read_times=lambda: {"1": (1.0, 5.0)})
         assert abs(clock() - time.time()) < 0.1 and "wall clock" in note
 
 
