@@ -8,6 +8,7 @@ import os
 import sys
 
 from harness import record
+from harness.keep_rule import plural
 from harness.results import bar_lowerings, baseline_of, best_of
 from harness.run import git_out, read_run, recorded_setup
 
@@ -158,10 +159,6 @@ def progress(rows):
             "crashes": sum(r["status"] == "crash" for r in done), "first": base and base["val_bpb"],
             "best": top and top["val_bpb"], "best_commit": top and (top.get("full_commit") or top["commit"]),
             "improvements": len(bar_lowerings(rows, base["val_bpb"])) if base else 0}
-
-
-def plural(n, noun):
-    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 AGENT_LINES = 6
