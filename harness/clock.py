@@ -72,16 +72,21 @@ def budget_clock(device, read_times=scheduler_times):
     def clock():
         nonlocal last, waited
         now, times = time.time(), read_times() or {}
-        ran = [r - seen.get(tid, (r, w))[0] for tid, (r, w) in times.items()]  # a new thread: no history
-        waits = [w - seen.get(tid, (r, w))[1] for tid, (r, w) in times.items()]
-        wall = now - last
-        computed = min(max(max(ran, default=0.0), wall - sum(waits)), wall - max(waits, default=0.0))
-        waited += wall - computed
+        steps = [(r - seen.get(tid, (r, w))[0], w - seen.get(tid, (r, w))[1])  # a new thread: no history
+                 for tid, (r, w) in times.items()]
+        waited += now - last - computed_seconds(now - last, [r for r, _ in steps], [w for _, w in steps])
         last = now
         seen.update(times)
         return now - waited
     return recorded(clock), ("wall clock less what waits for a CPU stretched this run "
                              "(Linux schedstat: between the longest and the summed waits, by the busiest thread's CPU time)")
+
+
+def computed_seconds(wall, ran, waits):
+    """How long an interval of `wall` seconds computed, given each thread's seconds on a CPU
+    (`ran`) and waiting for one (`waits`) in it: the busiest thread's CPU time, held between wall
+    less the summed waits and wall less the longest (see budget_clock)."""
+    return min(max(max(ran, default=0.0), wall - sum(waits)), wall - max(waits, default=0.0))
 
 
 SPAN = {}  # the clock's span so far in this process: budget_seconds, wall_seconds (the judge records it)
