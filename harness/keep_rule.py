@@ -23,7 +23,9 @@ evidence that passes:
   cost of one run, as before; most ideas end here. The incumbent first runs again when its latest
   run is older than STALE_S, or when the first run's steps differ from the incumbent's by more
   than STEPS_AGREE (on a CPU the machine's speed shows in the steps: the unchanged baseline fitted
-  205 steps at night and 240 in the morning).
+  205 steps at night and 240 in the morning) in the direction that could have made the verdict:
+  more steps and promising, or fewer and not (the steps cannot tell a faster model, e.g. a smaller
+  DEPTH, from a faster machine; a smaller model that still loses needs no incumbent run to say so).
 - Confirm. A promising candidate runs again, and so does the incumbent, alternately (ABBA: the
   side with fewer runs goes next, on a tie the side that ran last), so a slow or fast spell of
   the machine hits both. Only runs from the candidate's second on count, on both sides: the
@@ -133,16 +135,22 @@ def screen(d, first, theirs, df, refreshed):
     if first["time"] - theirs[-1]["time"] > STALE_S and refreshing:
         return run_next(d, "incumbent", f"the incumbent's latest run is {d['incumbent_age_s'] / 60:.0f} min old")
     ref = [r for r in theirs if r["time"] >= theirs[-1]["time"] - RECENT_S]
-    steps = mean_steps(ref)
-    if theirs[-1]["time"] < first["time"] and steps and speed_differs(first, {"steps": steps}) and refreshing:
-        return run_next(d, "incumbent", f"the first run's pace was {first['steps']:,.0f}, the incumbent's "
-                                        f"{steps:,.0f}: the machine may have changed speed")
     gain = mean_of(ref, "val_bpb") - first["val_bpb"] + d["credit"]
     bar = t_quantile(SCREEN_P, df) * d["noise"] * math.sqrt(1 + 1 / len(ref))
+    steps = mean_steps(ref)
+    paced = theirs[-1]["time"] < first["time"] and steps and speed_differs(first, {"steps": steps})
+    # A pace that differs is the candidate's code or the machine, and the steps cannot tell which.
+    # Only a verdict the machine could have flattered is worth an incumbent run to rule it out: a
+    # faster pace that looks promising, or a slower one that does not.
+    if paced and refreshing and (first["steps"] > steps) == (gain > bar):
+        return run_next(d, "incumbent", f"the first run's pace was {first['steps']:,.0f}, the incumbent's "
+                                        f"{steps:,.0f}: the machine may have changed speed")
     d.update(gain=gain, needed=bar, candidate_runs=1, incumbent_runs=len(ref),
              candidate_mean=first["val_bpb"], incumbent_mean=mean_of(ref, "val_bpb"))
     said = (f"first run: gain {gain:.4f}{credited(d)} over the incumbent's {plural(len(ref), 'run')} "
             f"{lately(first, ref)}, {noise_words(d)}; the screen's bar {bar:.4f}")
+    if paced:
+        said += f"; its pace {first['steps']:,.0f} against the incumbent's {steps:,.0f} could only work against this verdict"
     if gain <= bar:
         return {**d, "decision": "discard", "reason": f"{said}: discard"}
     return run_next(d, "candidate", f"{said}: promising; from now on the candidate and the incumbent run "

@@ -95,6 +95,19 @@ def test_runs_from_before_the_machine_changed_speed_are_not_compared():
     assert d["incumbent_runs"] == 1 and d["incumbent_mean"] == pytest.approx(1.335)  # not the 200-step runs
 
 
+def test_a_pace_the_verdict_cannot_owe_to_the_machine_asks_for_no_incumbent_run():
+    """More steps and still worse (a smaller model that lost), or fewer steps and still promising
+    (a deeper one that won): a faster or slower machine could only have worked against the
+    verdict, so it stands without an incumbent run (the real night paid one for DEPTH 3 -> 2)."""
+    d = keep_rule.decide(quiet_night(), r("c1", "candidate", 1.410, 30, steps=240), "base")
+    assert d["decision"] == "discard", d["reason"]
+    assert "could only work against this verdict" in d["reason"]
+    d = keep_rule.decide(quiet_night(), r("c1", "candidate", 1.300, 30, steps=170), "base")
+    assert (d["decision"], d["who"]) == ("run", "candidate"), d["reason"]
+    d = keep_rule.decide(quiet_night(), r("c1", "candidate", 1.410, 30, steps=170), "base")
+    assert (d["decision"], d["who"]) == ("run", "incumbent")  # slower and worse: maybe the machine
+
+
 def test_too_few_repeats_make_the_incumbent_run_first():
     night = quiet_night()[:2]  # the baseline pair only: one repeat
     d = keep_rule.decide(night, r("c1", "candidate", 1.300, 18), "base")
