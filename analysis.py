@@ -9,8 +9,8 @@ entry point of the morning's summary (harness/summary.py), Confirm and the Board
     uv run analysis.py --board [--json] [--diff]
 
 The log is tab-separated, `commit val_bpb memory_gb status description`, status keep, discard or
-crash (crashes carry val_bpb 0.000000 and memory_gb 0.0). Everything is measured against one
-baseline, Decide's (baseline_of): the mean of the first two runs that did not crash (of three when
+crash (crashes carry val_bpb 0.000000 and memory_gb 0.0). The summary measures the night against
+one baseline, Decide's (baseline_of): the mean of the first two runs that did not crash (of three when
 those two disagreed in steps: the two that agree). The summary gives the counts, the keep rate (of
 the experiments: the baseline's runs are not experiments), the best and the improvement, and the
 kept experiments ranked by their gain over the previous kept one; `--json` prints it as one JSON
@@ -223,14 +223,25 @@ def judge_experiment(rows, run, head, state, shorter_by):
         return {"step": "no change"}  # an incumbent's run with no candidate to judge
     v = keep_rule.decide(night, this, kept_commit(rows), shorter_by)
     state.pop("next", None)
+    candidate = keep_rule.pending_candidate(state["runs"])
     out = {"why": v["reason"], "noise": v["noise"], "repeats": v["repeats"], "gain": v["gain"],
-           "needed": v["needed"], "verdict": v, "value": v["candidate_mean"],
-           "commit": keep_rule.pending_candidate(state["runs"])}
+           "needed": v["needed"], "verdict": v, "value": logged_value(v, state["runs"], candidate),
+           "commit": candidate}
     if v["decision"] != "run":
         return {**out, "decision": v["decision"], "step": v["decision"]}
     if v["who"] == "incumbent":
         state["next"] = {"role": "incumbent", "commit": kept_commit(rows)}
     return {**out, "decision": "rerun", "step": "incumbent" if v["who"] == "incumbent" else "rerun"}
+
+
+def logged_value(verdict, night, candidate):
+    """What Log writes under the candidate: the mean its verdict rests on; for a verdict that rests
+    on none (no verdict: the machine kept changing speed), the mean of its runs after the first,
+    else its first run. Never the run.log's value, which may be the incumbent's."""
+    if verdict["candidate_mean"] is not None:
+        return verdict["candidate_mean"]
+    mine = [r["val_bpb"] for r in night if r["role"] == "candidate" and same_commit(r["commit"], candidate)]
+    return statistics.fmean(mine[1:] or mine)
 
 
 def judge_baseline(done, run, state):

@@ -168,7 +168,8 @@ def bar_lowerings(rows, bar):
 
 def best_of(rows):
     """The best so far: the last kept run that lowered the bar, else the baseline (None before a
-    run completed). Decide keeps against it, the summary reports it, the Board ranks it."""
+    run completed). The summary reports it, the Board ranks it; Decide never judges against it
+    (harness/keep_rule.py compares with the incumbent's runs beside the candidate)."""
     base = baseline_of(rows)
     steps = bar_lowerings(rows, base["val_bpb"]) if base else []
     return steps[-1] if steps else base

@@ -226,6 +226,28 @@ def test_decide_rule_edges():
     assert analysis.decide(base, run(1.0), "aaaaaaa", {})["step"] == "no change"
 
 
+def test_a_no_verdict_discard_logs_the_candidate_s_value_not_the_incumbent_s():
+    """A machine whose pace keeps flipping: the experiment ends, discarded with no verdict, on the
+    incumbent's run. Log writes under the candidate its runs after the first (1.25), never the
+    run.log's value (the incumbent's 1.3), which would put the old commit's result in its row."""
+    def night_run(commit, role, v, minute, steps, sha):
+        return {"commit": commit, "role": role, "val_bpb": v, "steps": steps, "time": minute * 60, "sha": sha}
+
+    rows = [{"commit": "aaaaaaa", "val_bpb": v, "memory_gb": 1.0, "status": "keep", "description": ""}
+            for v in (1.400, 1.404)]
+    night = [night_run("aaaaaaa", role, v, m, 200, f"s{m}") for role, v, m in
+             (("baseline", 1.400, 6), ("baseline", 1.404, 12), ("incumbent", 1.400, 18), ("incumbent", 1.404, 24))]
+    night.append(night_run("bbbbbbb", "candidate", 1.2, 30, 200, "s30"))
+    for i in range(5):  # candidate, incumbent, ... each pair at another pace
+        mine = i % 2 == 0
+        night.append(night_run("bbbbbbb" if mine else "aaaaaaa", "candidate" if mine else "incumbent",
+                               1.25 if mine else 1.3, 36 + 6 * i, (170, 240)[i // 2 % 2], f"t{i}"))
+    last = empty_run(sha="last", val_bpb=1.3, num_steps=170, mfu_percent=40.0, role="incumbent", finished=66 * 60)
+    d = analysis.decide(rows, last, "aaaaaaa", {"runs": night})
+    assert d["decision"] == "discard" and "no verdict" in d["why"], d["why"]
+    assert (d["commit"], d["value"]) == ("bbbbbbb", pytest.approx(1.25))
+
+
 def test_a_run_the_machine_stretched_is_rerun_the_baselines_too():
     """Spoiled is what the machine did (wall seconds per budgeted second), not the run's own pace."""
     def run(v, sha, wall=60.0, steps=100, device="CPU x (2 cores)"):
