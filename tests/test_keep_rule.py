@@ -191,6 +191,25 @@ def test_real_gains_of_4_noises_are_kept_at_least_80_percent_of_the_time(scenari
     assert result["kept"]["4x"] >= 0.80, result
 
 
+def test_on_two_measured_hours_of_one_commit_no_ops_are_not_kept_and_real_gains_are():
+    """The rule replayed (tests/drift.py) on real noise: one commit run again and again for two hours
+    on this project's 2-core VM (tests/drift_series.tsv, 2026-12-05, one run stalled by the machine
+    among them), each run taking the role the rule asks for next. From each of the first 10 runs on
+    (overlapping replays): no-op candidates kept at most 5% of the time, gains of 4 times the runs'
+    spread at least 80%."""
+    import drift
+    runs = drift.read_export(os.path.join(os.path.dirname(os.path.abspath(__file__)), "drift_series.tsv"))
+    sd = drift.robust_sd([r["val_bpb"] for r in runs])
+
+    def kept(gain):
+        tallies = [drift.replay_keep_rule(runs, gain, start) for start in range(10)]
+        return sum(t[1] for t in tallies) / sum(t[0] for t in tallies), sum(t[0] for t in tallies)
+    share, decided = kept(0.0)
+    assert decided > 200 and share <= 0.05, (share, decided)
+    share, decided = kept(4 * sd)
+    assert decided > 60 and share >= 0.80, (share, decided)
+
+
 def test_the_night_loses_at_most_a_quarter_of_its_experiments_on_a_quiet_machine():
     assert simulated("quiet")["experiments"] >= 0.75 * simulated("quiet", "today")["experiments"]
 
