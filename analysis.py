@@ -375,10 +375,11 @@ def show_decision(d, run):
               f"{'s' * (v['candidate_runs'] != 1)}), incumbent {v['incumbent_mean']:.6f} ({v['incumbent_runs']} run"
               f"{'s' * (v['incumbent_runs'] != 1)} beside it)")
     if d["noise"] is not None:
-        print(f"noise:    {d['noise']:.6f}" + (f" (one run's, pooled from {d['repeats']} repeats of the night)"
-                                               if v else ""))
+        print(f"noise:    {d['noise']:.6f}" + (f" (one run's, pooled from {keep_rule.plural(d['repeats'], 'repeat')} "
+                                               f"of the night)" if v else ""))
     if d["gain"] is not None:
-        print(f"gain:     {d['gain']:+.6f} (the incumbent's mean - the candidate's; a keep needs more than "
+        credit = f" + {v['credit']:.6f} credited to a shorter train.py" if v and v["credit"] else ""
+        print(f"gain:     {d['gain']:+.6f} (the incumbent's mean - the candidate's{credit}; a keep needs more than "
               f"{d['needed']:.6f})")
     if d["decision"]:
         print(f"decision: {d['decision']}")
