@@ -371,9 +371,8 @@ def show_decision(d, run):
         print(f"best:     {d['best']:.6f} (the baseline's mean)")
     v = d.get("verdict")
     if v and v["candidate_mean"] is not None:
-        print(f"runs:     candidate {d['commit']} {v['candidate_mean']:.6f} ({v['candidate_runs']} run"
-              f"{'s' * (v['candidate_runs'] != 1)}), incumbent {v['incumbent_mean']:.6f} ({v['incumbent_runs']} run"
-              f"{'s' * (v['incumbent_runs'] != 1)} beside it)")
+        print(f"runs:     candidate {d['commit']} {v['candidate_mean']:.6f} ({keep_rule.plural(v['candidate_runs'], 'run')}), "
+              f"incumbent {v['incumbent_mean']:.6f} ({keep_rule.plural(v['incumbent_runs'], 'run')} beside it)")
     if d["noise"] is not None:
         print(f"noise:    {d['noise']:.6f}" + (f" (one run's, pooled from {keep_rule.plural(d['repeats'], 'repeat')} "
                                                f"of the night)" if v else ""))
