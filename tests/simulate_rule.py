@@ -1,7 +1,10 @@
 """Replays the keep rule on generated nights, without training: today's rule (program.md's Decide,
 as analysis.decide applies it) against harness/keep_rule.py's, on the same kinds of machine.
 
-    python tests/simulate_rule.py [--nights N] [--seed S]
+    python tests/simulate_rule.py [--nights N] [--seed S] [--before REV]
+
+--before REV also plays harness/keep_rule.py as it was at git revision REV (loaded with `git
+show`), beside today's, on the same machines and mixes: the table docs/design.md shows.
 
 A night, as assumed here (from the figures measured on this project: README, issue 22):
 - 8 hours of runs of 360 s each (300 s of training plus start-up and evaluation), CPU `small`;
@@ -17,6 +20,12 @@ A night, as assumed here (from the figures measured on this project: README, iss
   steady trend (0.069 in 70 runs), the machine getting faster (as measured) or slower; a step
   to 240/205 of the speed halfway (-0.069); one slow hour at a random time, at 79% of the speed
   (tests/fairness.py beside one busy process: +0.10 bpb).
+- A short budget's jittery pace (measured: one commit's smoke runs, 5 s of training, paced 97k
+  to 120k tokens on a quiet machine, and 120 to 155 steps on another): each run's pace wanders by
+  JITTER (8%) on its own, and its val_bpb with it (at this budget the noise *is* the pace: the
+  measured correlation is -0.97), the run's spread still SIGMA.
+- Keep rates: the mix's share of real gains sets how many experiments a rule can keep; MIXES
+  gives the 10%, 18% and 35% nights (upstream's own night kept 18%, the last real one here 35%).
 - The candidates, drawn one by one, each built on the last kept commit: 60% worse (by 1 to 8
   SIGMA), 25% no-ops, 7.5% real gains of 2 SIGMA, 7.5% of 4 SIGMA. With this mix today's rule
   keeps about 20% of the experiments on a quiet machine, as upstream's published sessions did
@@ -41,6 +50,8 @@ from harness import keep_rule  # noqa: E402
 
 SIGMA = 0.004                     # bpb: one commit's run-to-run spread on a steady machine
 STEP_JITTER = 0.01                # the steps' run-to-run spread on a steady machine
+JITTER = 0.08                     # a short budget's pace: its run-to-run spread, which moves val_bpb
+JITTER_CORR = 0.97                # ... with this correlation (the drift series: -0.97)
 BPB_PER_LOG_SPEED = 0.069 / math.log(240 / 205)
 BASE_STEPS = 205
 RUN_S = 360
@@ -48,8 +59,17 @@ NIGHT_S = 8 * 3600
 TREND = 0.069 / 70                # bpb per run: the night-to-morning move as a steady trend
 MIX = (("worse", 0.6), ("no-op", 0.25), ("2x", 0.075), ("4x", 0.075))
 AA_MIX = (("no-op", 1.0),)
+
+
+def gains_mix(share):
+    """A night whose candidates are real gains `share` of the time (half of 2, half of 4 SIGMA),
+    the rest 70% worse and 30% no-ops."""
+    return (("worse", 0.7 * (1 - share)), ("no-op", 0.3 * (1 - share)), ("2x", share / 2), ("4x", share / 2))
+
+
+MIXES = {"10%": gains_mix(0.14), "18%": gains_mix(0.25), "35%": gains_mix(0.5)}  # keep rate: its mix
 SIMPLER_MIX = (("shorter, same", 0.4), ("shorter, 2x worse", 0.3), ("comment deleted", 0.3))
-SCENARIOS = ("quiet", "drift", "strong drift", "trend, faster", "trend, slower", "step", "slow hour")
+SCENARIOS = ("quiet", "drift", "strong drift", "trend, faster", "trend, slower", "step", "slow hour", "jittery pace")
 STRESS = ("strong drift", "trend, slower")  # beyond the measured: false keeps held, gains reported
 FLOOR = 0.0005                    # analysis.NOISE_FLOOR
 BASELINE_AGREE = 0.10             # analysis.BASELINE_AGREE: a third baseline run above this
@@ -61,7 +81,7 @@ BASELINE_AGREE = 0.10             # analysis.BASELINE_AGREE: a third baseline ru
 def machine(scenario, rng):
     """log-speed(t) for one night of `scenario`, t the time a run finishes (0 = the night's start)."""
     slots = NIGHT_S // RUN_S + 2
-    if scenario == "quiet":
+    if scenario in ("quiet", "jittery pace"):
         return lambda t: 0.0
     if scenario in ("drift", "strong drift"):
         step = SIGMA * (0.5 if scenario == "drift" else 1.0) / BPB_PER_LOG_SPEED
@@ -98,7 +118,8 @@ def pick(mix, rng):
 
 
 def new_night(scenario, rng):
-    return {"rng": rng, "speed": machine(scenario, rng), "t": 0, "runs": 0}
+    return {"rng": rng, "speed": machine(scenario, rng), "t": 0, "runs": 0,
+            "jitter": JITTER if scenario == "jittery pace" else 0.0}
 
 
 def run_once(night, commit, role, quality):
@@ -106,9 +127,15 @@ def run_once(night, commit, role, quality):
     night["t"] += RUN_S
     night["runs"] += 1
     s, rng = night["speed"](night["t"]), night["rng"]
+    if not night["jitter"]:
+        return {"commit": commit, "role": role, "time": night["t"],
+                "val_bpb": quality - BPB_PER_LOG_SPEED * s + rng.gauss(0, SIGMA),
+                "steps": BASE_STEPS * math.exp(s) * (1 + rng.gauss(0, STEP_JITTER))}
+    j = rng.gauss(0, night["jitter"])  # this run's own pace, and the val_bpb it brings
     return {"commit": commit, "role": role, "time": night["t"],
-            "val_bpb": quality - BPB_PER_LOG_SPEED * s + rng.gauss(0, SIGMA),
-            "steps": BASE_STEPS * math.exp(s) * (1 + rng.gauss(0, STEP_JITTER))}
+            "val_bpb": quality - BPB_PER_LOG_SPEED * s - JITTER_CORR * SIGMA * j / night["jitter"]
+                       + rng.gauss(0, SIGMA * math.sqrt(1 - JITTER_CORR ** 2)),
+            "steps": BASE_STEPS * math.exp(s + j)}
 
 
 def room(night):
@@ -197,9 +224,11 @@ def night_new(scenario, mix, rng, rule=keep_rule):
 def simulate(scenario, rule, nights, seed, mix=MIX):
     """Over `nights` nights: kept (share of each kind kept), n (experiments of each kind),
     runs_per_experiment, experiments (per night), aa_clean (share of nights whose first 8
-    experiments kept nothing) and keeps (per night)."""
-    rng = random.Random(f"{seed}/{scenario}/{rule}")
-    play = night_today if rule == "today" else night_new
+    experiments kept nothing), keeps (per night) and keep_rate. `rule`: "today" (program.md's
+    old rule), "new" (harness/keep_rule.py) or a module with keep_rule's decide()."""
+    rng = random.Random(f"{seed}/{scenario}/{rule if isinstance(rule, str) else 'before'}")
+    play = (night_today if rule == "today" else night_new if rule == "new"
+            else lambda scenario, mix, rng: night_new(scenario, mix, rng, rule=rule))
     outcomes, per_night, clean, keeps = [], [], 0, []
     for _ in range(nights):
         done = play(scenario, mix, rng)
@@ -212,7 +241,7 @@ def simulate(scenario, rule, nights, seed, mix=MIX):
             "n": {kind: len(v) for kind, v in by_kind.items()},
             "runs_per_experiment": sum(r for _, _, r in outcomes) / len(outcomes),
             "experiments": statistics.mean(per_night), "aa_clean": clean / nights,
-            "keeps": statistics.mean(keeps)}
+            "keeps": statistics.mean(keeps), "keep_rate": sum(kept for _, kept, _ in outcomes) / len(outcomes)}
 
 
 def table(nights, seed, out=print):
@@ -224,6 +253,33 @@ def table(nights, seed, out=print):
             k = r["kept"]
             out(f"{scenario:<14} {rule:<6} {k['no-op']:>10.1%} {k['2x']:>8.1%} {k['4x']:>8.1%} {k['worse']:>10.1%} "
                 f"{r['runs_per_experiment']:>8.2f} {r['experiments']:>9.1f}")
+
+
+def load_rule(rev):
+    """harness/keep_rule.py as it was at git revision `rev`, as a module."""
+    import subprocess
+    import types
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    source = subprocess.run(["git", "show", f"{rev}:harness/keep_rule.py"], cwd=root, check=True,
+                            capture_output=True, text=True).stdout
+    module = types.ModuleType(f"keep_rule_{rev}")
+    exec(compile(source, f"keep_rule@{rev}", "exec"), module.__dict__)
+    return module
+
+
+def rates_table(nights, seed, before, out=print):
+    """The rule at git revision `before` beside today's, per keep rate and machine."""
+    rules = (("before", load_rule(before)), ("new", "new"))
+    out(f"\nKeep rates (the mix's share of real gains sets them); before = harness/keep_rule.py at {before}\n"
+        f"{'mix':<5} {'scenario':<14} {'rule':<6} {'kept':>6} {'no-op kept':>10} {'2x kept':>8} {'4x kept':>8} "
+        f"{'runs/exp':>8} {'exp/night':>9}")
+    for label, mix in MIXES.items():
+        for scenario in SCENARIOS:
+            for name, rule in rules:
+                r = simulate(scenario, rule, nights, seed, mix)
+                k = r["kept"]
+                out(f"{label:<5} {scenario:<14} {name:<6} {r['keep_rate']:>6.1%} {k['no-op']:>10.1%} {k['2x']:>8.1%} "
+                    f"{k['4x']:>8.1%} {r['runs_per_experiment']:>8.2f} {r['experiments']:>9.1f}")
 
 
 def aa_table(nights, seed, out=print):
@@ -249,6 +305,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nights", type=int, default=200, help="nights per scenario and rule (default 200)")
     ap.add_argument("--seed", default="0")
+    ap.add_argument("--before", metavar="REV", help="also play harness/keep_rule.py as it was at this git revision")
     args = ap.parse_args(argv)
     t0 = time.time()
     print(f"{args.nights} nights of 8 h per scenario and rule. Kept: the share of experiments of each kind "
@@ -257,6 +314,8 @@ def main(argv=None):
     table(args.nights, args.seed)
     aa_table(args.nights // 2, args.seed)
     simpler_table(args.nights // 2, args.seed)
+    if args.before:
+        rates_table(args.nights, args.seed, args.before)
     print(f"\n{time.time() - t0:.0f} s")
 
 

@@ -235,8 +235,9 @@ def test_a_no_verdict_discard_logs_the_candidate_s_value_not_the_incumbent_s():
 
     rows = [{"commit": "aaaaaaa", "val_bpb": v, "memory_gb": 1.0, "status": "keep", "description": ""}
             for v in (1.400, 1.404)]
-    night = [night_run("aaaaaaa", role, v, m, 200, f"s{m}") for role, v, m in
-             (("baseline", 1.400, 6), ("baseline", 1.404, 12), ("incumbent", 1.400, 18), ("incumbent", 1.404, 24))]
+    night = [night_run("aaaaaaa", role, v, m, 200, f"s{m}") for role, v, m in  # a steady pace, then flips
+             (("baseline", 1.400, -30), ("baseline", 1.404, -24), *(("incumbent", 1.402, m) for m in (-18, -12, -6, 0)),
+              ("incumbent", 1.400, 6), ("incumbent", 1.404, 12), ("incumbent", 1.400, 18), ("incumbent", 1.404, 24))]
     night.append(night_run("bbbbbbb", "candidate", 1.2, 30, 200, "s30"))
     for i in range(5):  # candidate, incumbent, ... each pair at another pace
         mine = i % 2 == 0
