@@ -31,11 +31,11 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from harness import runrecord
+from harness import guard, runrecord
 from harness.cache import (CACHE_DIR, DATA_DIR, TEST_ROWS_FILE, TEST_SHARD, TOKENIZER_DIR, VAL_ROWS_FILE,
                            atomic_path, cache_lock, claim_cache, default_setup_name, read_recorded_setup,
                            write_json_atomically)
-from harness.clock import SPAN
+from harness.clock import SPAN, Budget, crash_run
 from harness.errors import fail
 # Not the judge's: where the shards come from, the FA3 kernel fetched once, and the device's name
 # and memory peak for the record
@@ -71,7 +71,7 @@ EVAL_TOKENS = _numbers["EVAL_TOKENS"]
 VOCAB_SIZE = _numbers["VOCAB_SIZE"]
 # Confirmation mode, set by `uv run analysis.py --confirm` alone: the judge also scores the test
 # rows, which the loop never sees, so no test number can be fitted.
-CONFIRM = os.environ.get("AUTORESEARCH_CONFIRM") == "1"
+CONFIRM = (guard.CONFIRM or os.environ.get("AUTORESEARCH_CONFIRM")) == "1"  # the guard took it from train.py
 
 
 def require_prepared():
@@ -249,6 +249,8 @@ def make_dataloader(tokenizer, B, T, split, device=None):
     """Forever: (inputs, targets, epoch), contiguous int64 tensors of shape (B, T) on the device.
     Targets are the inputs shifted by one."""
     assert split in ("train", "val")
+    if split == "val" and guard.ACTIVE and not guard.SCORING:
+        guard.refuse("the validation shard")
     device = torch.device(device or default_device())
     rows = packed_rows(document_batches(tokenizer, split), tokenizer.get_bos_token_id(), T)
     batch = np.empty((B, T + 1), dtype=np.int64)
@@ -286,6 +288,40 @@ def build_eval_rows(tokenizer, split, path, eval_tokens, seq_len):
         np.save(f, out)
 
 
+BUDGETS = []  # the budget this process trains on (training_budget), which evaluate_bpb holds it to
+
+
+def training_budget(device):
+    """The judge's clock for this run's TIME_BUDGET (harness/clock.py's Budget): train.py ends its
+    loop when `budget.over()` says so, once a step, and its schedules read `budget.progress()`."""
+    BUDGETS.append(Budget(device, TIME_BUDGET, synchronize))
+    return BUDGETS[-1]
+
+
+def check_budget():
+    """A crash, with its one line, when training did not keep to the judge's budget."""
+    budget = BUDGETS[-1] if BUDGETS else None
+    if budget is None and kept_its_own_budget():
+        return {"kept_by": "train.py"}
+    broke = budget.verdict() if budget else ("train.py never asked the judge's clock: make its budget with "
+                                             "prepare.training_budget and end the loop on budget.over()")
+    if broke:
+        crash_run(broke)
+    return {"trained_seconds": round(budget.trained, 3), "steps": budget.steps, "untimed_steps": budget.untimed}
+
+
+def kept_its_own_budget():
+    """Compatibility: a train.py from before 2026-12-08 timed its own budget (its UNTIMED_STEPS and
+    budget_clock); nights begun then are still continued and confirmed under this judge. Remove
+    once no such night is (a train.py written since has no UNTIMED_STEPS)."""
+    import __main__
+    try:
+        source = open(__main__.__file__).read()
+    except (AttributeError, OSError):
+        return False
+    return "UNTIMED_STEPS" in source and "budget_clock(" in source and "training_budget" not in source
+
+
 @torch.no_grad()
 def evaluate_bpb(model, tokenizer, batch_size):
     """val_bpb: bits per byte of the model on the validation rows frozen in the cache (bits_per_byte
@@ -293,12 +329,15 @@ def evaluate_bpb(model, tokenizer, batch_size):
     speed. In confirmation mode (AUTORESEARCH_CONFIRM=1, set by `uv run analysis.py --confirm`) the
     test rows are scored the same way and printed as test_bpb."""
     require_prepared()
+    budget = check_budget()
+    guard.SCORING.append(True)  # the judge reads its rows from here on
     clock = dict(SPAN)  # training has ended: the budget clock's span is final
     val_bpb, tokens, nbytes = bits_per_byte(model, tokenizer, np.load(VAL_ROWS_FILE, allow_pickle=False), batch_size,
                                             check=True)
     if not math.isfinite(val_bpb):
         fail("val_bpb is not a number: the model's logits are not finite (the run diverged)")
-    result = {"val_bpb": val_bpb, "tokens": tokens, "bytes": nbytes, "setup": SETUP, "clock": clock, **SERVED}
+    result = {"val_bpb": val_bpb, "tokens": tokens, "bytes": nbytes, "setup": SETUP, "clock": clock,
+              "budget": budget, **SERVED}
     if CONFIRM:
         if not os.path.exists(TEST_ROWS_FILE):  # compatibility: a cache from before test splits
             fail(f"{CACHE_DIR} has no test split to confirm on; prepare a new cache (AUTORESEARCH_CACHE=<new folder>)")

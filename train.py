@@ -27,11 +27,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prepare import MAX_SEQ_LEN, TIME_BUDGET, EVAL_TOKENS, SETUP, Tokenizer, make_dataloader, evaluate_bpb
+from prepare import (MAX_SEQ_LEN, TIME_BUDGET, EVAL_TOKENS, SETUP, Tokenizer, make_dataloader, evaluate_bpb,
+                     training_budget)
 from harness.attention import load_attention, build_block_masks
-from harness.clock import budget_clock
 from harness.errors import report_crashes
-from harness.hardware import (default_device, device_name, bf16_is_native, tune_process, synchronize,
+from harness.hardware import (default_device, device_name, bf16_is_native, tune_process,
                               peak_flops_of, peak_memory_mb)
 
 # Line-buffered stdout: output redirected to run.log must not sit in a buffer and land after a
@@ -61,20 +61,15 @@ COMPILE_OPTIMIZER = COMPILE and device.type == "cuda"
 # alike blocks share one compiled graph, and an edit recompiles a block, not the whole model
 COMPILE_BY_BLOCK = device.type != "cuda"
 
-# Steps that don't count toward the budget: the first compiles, the next warm up. CUDA keeps the
-# reference's 11 (caching allocator, autotuning, the compiled optimizer's own first calls);
-# elsewhere only the compile step is slower than the rest (step 1 runs as fast as step 2 on a CPU).
-UNTIMED_STEPS = 11 if device.type == "cuda" else 1
-
 tune_process(device, COMPILE)  # memory allocator and compiler settings: speed only (harness/hardware.py)
 # Flash Attention 3 where prepare.py fetched it; else FlexAttention for sliding windows on CUDA, SDPA
 # for the rest. One signature: attention(q, k, v, window_size), layout (B, T, heads, head_dim).
 attention, attention_note = load_attention(device)
-clock, clock_note = budget_clock(device)  # off CUDA and MPS: the time this run computed, not what neighbours took
+budget = training_budget(device)  # the judge's clock: it says when training is over (warm-up steps untimed)
 
 print(f"Device: {device_name(device)}, {'bf16 autocast' if USE_BF16 else 'fp32'}, torch.compile {'on' if COMPILE else 'off'}")
 print(f"Attention: {attention_note}")
-print(f"Budget clock: {clock_note}")
+print(f"Budget clock: {budget.note}")
 
 # ---------------------------------------------------------------------------
 # GPT model
@@ -590,12 +585,9 @@ def get_weight_decay(progress):
 # ---------------------------------------------------------------------------
 
 smooth_train_loss = 0
-total_training_time = total_wall_time = 0
 step = 0
 
 while True:
-    synchronize(device)
-    t0, c0 = time.time(), clock()
     for micro_step in range(grad_accum_steps):
         with autocast_ctx:
             loss = model(x, y)
@@ -605,7 +597,7 @@ while True:
         x, y, epoch = next(train_loader)  # the next batch loads while the device works
 
     # Progress and schedules
-    progress = min(total_training_time / TIME_BUDGET, 1.0)
+    progress = budget.progress()
     lrm = get_lr_multiplier(progress)
     muon_momentum = get_muon_momentum(step)
     muon_weight_decay = get_weight_decay(progress)
@@ -624,23 +616,6 @@ while True:
         print(f"\nFAIL: training loss {train_loss_f} at step {step}: the run diverged")
         sys.exit(1)
 
-    synchronize(device)
-    dt, wall_dt = clock() - c0, time.time() - t0  # budget seconds; wall seconds
-
-    if step >= UNTIMED_STEPS:  # the first steps compile and warm up: they don't count toward the budget
-        total_training_time += dt
-        total_wall_time += wall_dt
-
-    # Logging
-    ema_beta = 0.9
-    smooth_train_loss = ema_beta * smooth_train_loss + (1 - ema_beta) * train_loss_f
-    debiased_smooth_loss = smooth_train_loss / (1 - ema_beta**(step + 1))
-    tok_per_sec = int(TOTAL_BATCH_SIZE / dt)
-    mfu = 100 * num_flops_per_token * TOTAL_BATCH_SIZE / dt / peak_flops
-    remaining = max(0, TIME_BUDGET - total_training_time)
-
-    print(f"\rstep {step:05d} ({100 * progress:.1f}%) | loss: {debiased_smooth_loss:.6f} | lrm: {lrm:.2f} | dt: {dt*1000:.0f}ms | tok/sec: {tok_per_sec:,} | mfu: {mfu:.1f}% | epoch: {epoch} | remaining: {remaining:.0f}s | trained: {total_training_time:.0f}s in {total_wall_time:.0f}s wall    ", end="", flush=True)
-
     # GC management: Python's collector causes ~500ms stalls, and the loop makes little garbage
     if step == 0:
         gc.collect()
@@ -649,10 +624,21 @@ while True:
     elif (step + 1) % 5000 == 0:
         gc.collect()
 
-    step += 1
+    done = budget.over()  # the judge's clock: synchronizes the device, then reads the time
+    dt = budget.step_seconds
 
-    # Time's up, counting only steps after the warm-up
-    if step > UNTIMED_STEPS and total_training_time >= TIME_BUDGET:
+    # Logging
+    ema_beta = 0.9
+    smooth_train_loss = ema_beta * smooth_train_loss + (1 - ema_beta) * train_loss_f
+    debiased_smooth_loss = smooth_train_loss / (1 - ema_beta**(step + 1))
+    tok_per_sec = int(TOTAL_BATCH_SIZE / dt)
+    mfu = 100 * num_flops_per_token * TOTAL_BATCH_SIZE / dt / peak_flops
+    remaining = max(0, TIME_BUDGET - budget.trained)
+
+    print(f"\rstep {step:05d} ({100 * progress:.1f}%) | loss: {debiased_smooth_loss:.6f} | lrm: {lrm:.2f} | dt: {dt*1000:.0f}ms | tok/sec: {tok_per_sec:,} | mfu: {mfu:.1f}% | epoch: {epoch} | remaining: {remaining:.0f}s    ", end="", flush=True)
+
+    step += 1
+    if done:
         break
 
 print()  # newline after the \r training log
@@ -667,13 +653,13 @@ with autocast_ctx:
 
 # Final summary
 t_end = time.time()
-timed_steps = step - UNTIMED_STEPS  # the steps in total_training_time
-steady_state_mfu = 100 * num_flops_per_token * TOTAL_BATCH_SIZE * timed_steps / total_training_time / peak_flops if total_training_time > 0 else 0
+timed_steps = step - budget.untimed  # the steps in budget.trained
+steady_state_mfu = 100 * num_flops_per_token * TOTAL_BATCH_SIZE * timed_steps / budget.trained / peak_flops if budget.trained > 0 else 0
 peak_vram_mb = peak_memory_mb(device)
 
 print("---")
 print(f"val_bpb:          {val_bpb:.6f}")
-print(f"training_seconds: {total_training_time:.1f}")
+print(f"training_seconds: {budget.trained:.1f}")
 print(f"total_seconds:    {t_end - t_start:.1f}")
 print(f"peak_vram_mb:     {peak_vram_mb:.1f}")
 print(f"mfu_percent:      {steady_state_mfu:.2f}")
@@ -683,4 +669,4 @@ print(f"num_params_M:     {num_params / 1e6:.1f}")
 print(f"depth:            {DEPTH}")
 print(f"setup:            {SETUP}")
 print(f"device:           {device_name(device)}")
-print(f"training_wall_seconds: {total_wall_time:.1f}")
+print(f"training_wall_seconds: {budget.wall:.1f}")

@@ -12,5 +12,5 @@ which only change speed or reporting."""
 # speed or reporting: the judge's files import from it only the device's name and memory peak (labels
 # in the run record), shard downloads and the FA3 fetch at prepare time, none of which changes a result.
 JUDGE_FILES = ("prepare.py", "analysis.py", "pyproject.toml", "uv.lock", "harness/__init__.py",
-               "harness/cache.py", "harness/clock.py", "harness/confirm.py", "harness/errors.py",
+               "harness/cache.py", "harness/clock.py", "harness/confirm.py", "harness/errors.py", "harness/guard.py",
                "harness/keep_rule.py", "harness/results.py", "harness/run.py", "harness/runrecord.py")

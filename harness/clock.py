@@ -110,3 +110,99 @@ def recorded(clock):
     return reading
 
 
+
+
+# The judge's budget. train.py asks it once a step whether training is over, and the schedules
+# read its progress; evaluate_bpb then checks, on the same clock, that training kept to it.
+UNTIMED_STEPS = {"cuda": 11}  # steps that compile and warm up, by device type; any other device: 1
+
+
+class Budget:
+    """The training budget as the judge keeps it (prepare.training_budget makes the one a run has).
+
+    train.py calls `over()` once after each step: it synchronizes the device (queued work is
+    counted, whatever train.py timed) and reads the budget clock. The first UNTIMED_STEPS calls
+    end the steps that compile and warm up (11 on CUDA, as the reference; 1 elsewhere, where only
+    the compile step is slow); the budget runs from the last of them. `progress()` is the share
+    of the budget trained so far, for the schedules. The judge also counts backward passes: a
+    warm-up may not train more than the steps the budget times (`verdict`)."""
+
+    def __init__(self, device, seconds, sync):
+        self.device, self.seconds, self.sync = device, seconds, sync
+        self.clock, self.note = budget_clock(device)
+        self.created, self.step_seconds = self.clock(), 0.0  # the last step's seconds on the budget clock
+        self.untimed = UNTIMED_STEPS.get(device.type, 1)
+        self.steps, self.start, self.last, self.trained, self.longest = 0, None, None, 0.0, 0.0
+        self.wall_start, self.wall = None, 0.0  # the wall seconds of the same span, for the summary
+        self.passes, self.untimed_passes, self.step_passes, self.spent_at = 0, 0, [], None
+        count_backward_passes(self)
+
+    def over(self):
+        """Whether the budget is spent, after the step just done. A loop that goes on a step past
+        the budget, or whose warm-up trained more than its steps allow, ends here as a crash."""
+        self.sync(self.device)
+        now = self.clock()
+        self.steps += 1
+        if self.steps == self.untimed:
+            self.start, self.wall_start, self.untimed_passes = now, time.time(), self.passes
+        elif self.steps > self.untimed:
+            self.longest = max(self.longest, now - self.last)
+            self.trained, self.wall = now - self.start, time.time() - self.wall_start
+            self.step_passes.append(self.passes - self.last_passes)
+        self.step_seconds = now - (self.last if self.last is not None else self.created)
+        self.last, self.last_passes = now, self.passes
+        if self.spent_at and self.steps > self.spent_at + 1:
+            crash_run(f"trained {self.steps - self.spent_at} steps past the {self.seconds:g} s budget by the judge's "
+                       f"clock: stop when budget.over() says so")
+        if len(self.step_passes) == 1 and self.warm_up_verdict():
+            crash_run(self.warm_up_verdict())
+        if not self.spent_at and self.steps > self.untimed and self.trained >= self.seconds:
+            self.spent_at = self.steps
+        return bool(self.spent_at)
+
+    def progress(self):
+        return min(self.trained / self.seconds, 1.0)
+
+    def verdict(self):
+        """None when training kept to the budget, else one line saying how it did not: it never
+        asked, trained past the budget by more than a step, or trained more in the untimed steps
+        than they allow (as many backward passes a step as the timed steps made)."""
+        if not self.steps:
+            return "train.py never asked the judge's clock: end the training loop on budget.over(), once a step"
+        if self.start is None:
+            return None  # ended within its warm-up: nothing trained on the budget's time
+        self.sync(self.device)
+        trained = self.clock() - self.start
+        if trained > self.seconds + self.longest + max(1.0, 0.02 * self.seconds):
+            return (f"trained {trained:.1f} s by the judge's clock, past the {self.seconds:g} s budget and one step "
+                    f"({self.longest:.2f} s): stop when budget.over() says so")
+        return self.warm_up_verdict()
+
+    def warm_up_verdict(self):
+        """One line when the untimed steps made more backward passes than as many timed steps did."""
+        per_step = max(self.step_passes, default=None)
+        if per_step is not None and self.untimed_passes > self.untimed * per_step:
+            return (f"{self.untimed_passes} backward passes in the {self.untimed} untimed warm-up step(s), where a "
+                    f"timed step makes {per_step}: the warm-up is the judge's, train in the loop")
+        return None
+
+
+def crash_run(line):
+    """End the run as a crash with its one line, in run.log and in the judge's record."""
+    runrecord.note("judge", {"broke": line})
+    print(f"\nFAIL: {line}", flush=True)
+    raise SystemExit(1)
+
+
+def count_backward_passes(budget):
+    """Count every backward pass from now on into budget.passes (Tensor.backward goes through
+    torch.autograd.backward, which is wrapped once per process)."""
+    import torch
+    if not hasattr(torch.autograd.backward, "budget"):
+        original = torch.autograd.backward
+
+        def backward(*args, **kwargs):
+            backward.budget.passes += 1
+            return original(*args, **kwargs)
+        torch.autograd.backward = backward
+    torch.autograd.backward.budget = budget

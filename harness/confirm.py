@@ -16,7 +16,7 @@ from harness import runrecord
 from harness.cache import TEST_ROWS_FILE, CACHE_DIR, write_json_atomically
 from harness.errors import fail
 from harness.results import baseline_of, best_of
-from harness.run import TIMEOUT, judged_worktree, remove_worktree, run_summary, watch
+from harness.run import TIMEOUT, TRAIN_COMMAND, judged_worktree, remove_worktree, run_summary, watch
 
 def confirmation_run(worktree, log_path):
     """train.py once in confirmation mode: ({val_bpb, test_bpb, num_steps}, None) or (None, why),
@@ -26,7 +26,7 @@ def confirmation_run(worktree, log_path):
     os.makedirs(run_dir, exist_ok=True)
     env = dict(os.environ, AUTORESEARCH_CONFIRM="1", **{runrecord.RUN_DIR_ENV: run_dir})
     with open(log_path, "w") as log:
-        code, stopped = watch([sys.executable, "train.py"], TIMEOUT, env=env, cwd=worktree, stdout=log,
+        code, stopped = watch(TRAIN_COMMAND, TIMEOUT, env=env, cwd=worktree, stdout=log,
                               stderr=subprocess.STDOUT, announce=False)
     if stopped and stopped.startswith("KILLED"):
         raise KeyboardInterrupt  # the human stopped Confirm: its caller removes the worktrees

@@ -29,6 +29,7 @@ TIMEOUT = 540  # seconds: a 300 s budget plus start-up, compile and evaluation, 
 RUNS = "autoresearch-runs"  # the records' folder, in the git directory (one per worktree)
 STATE = "autoresearch-state.json"  # Decide's state, beside it: the night's runs, the baseline's paces
 KEEP_RECORDS = 50
+TRAIN_COMMAND = [sys.executable, "-m", "harness.guard", "train.py"]  # the evaluation rows kept from train.py
 SUMMARY_KEYS = ("val_bpb", "peak_vram_mb", "num_steps", "mfu_percent", "total_seconds", "training_seconds",
                 "training_wall_seconds")
 
@@ -121,17 +122,17 @@ def watch(command, timeout, env=None, cwd=None, stdout=None, stderr=None, announ
     `timeout` seconds or when we get SIGINT, SIGTERM or SIGHUP (compile workers and ssh children
     included; a signal already ignored, as under nohup or `&`, stays ignored, and our own handlers
     are restored after). Returns (exit code, how it was stopped or None); with `announce`, the
-    stop is also said on stderr, on a line of its own."""
-    proc = subprocess.Popen(command, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                            start_new_session=True)
-    stopped = []
+    stop is also said on stderr, on a line of its own. The handlers are ours before the command
+    starts: a signal in between would kill us and leave the command running on, unwatched."""
+    stopped, started = [], []
 
     def stop(why):
         stopped.append(why)
         if announce:
             say(f"\n{why}", sys.stderr)
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
+            if started:
+                os.killpg(started[0].pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
 
@@ -140,6 +141,11 @@ def watch(command, timeout, env=None, cwd=None, stdout=None, stderr=None, announ
         if handler != signal.SIG_IGN:
             signal.signal(sig, lambda num, _: stop(f"KILLED: by {signal.Signals(num).name}"))
     try:
+        proc = subprocess.Popen(command, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                                start_new_session=True)
+        started.append(proc)
+        if stopped:  # a signal came while it started
+            os.killpg(proc.pid, signal.SIGKILL)
         deadline = time.time() + timeout
         while proc.poll() is None:
             try:
@@ -174,7 +180,7 @@ def run(baseline_commit=None, incumbent=None, command=None, timeout=TIMEOUT):
     try:
         if worktree:
             judged_worktree(worktree, commit)
-        code, stopped = watch(command or [sys.executable, "train.py"], timeout, cwd=worktree,
+        code, stopped = watch(command or TRAIN_COMMAND, timeout, cwd=worktree,
                               env=dict(os.environ, **{runrecord.RUN_DIR_ENV: run_dir}))
     finally:
         if worktree:
@@ -272,6 +278,8 @@ def from_record(run, rec, run_id):
     if printed is not None and run["val_bpb"] is not None and abs(printed - run["val_bpb"]) > 1e-6:
         run["mismatch"] = (f"train.py's summary says val_bpb {printed:.6f}, the judge measured "
                            f"{run['val_bpb']:.6f}: train.py must print evaluate_bpb's number unchanged")
+    if judge.get("broke"):  # the judge's own verdict on the budget, whatever train.py printed
+        run["fail"] = f"FAIL: {judge['broke']}"
     if run["exit"] not in (None, 0) and not (run["timeout"] or run["killed"] or run["fail"]):
         run["fail"] = f"train.py exited with code {run['exit']}"
     return run

@@ -49,6 +49,17 @@ def train_definitions(source=None, until=HYPERPARAMETERS):
     return module
 
 
+# Tests of the metric call evaluate_bpb as train.py would, after a budget the judge saw kept
+# (one untimed step, nothing trained on the budget's time).
+KEEP_BUDGET = "prepare.training_budget(prepare.torch.device('cpu')).over(); "
+
+
+def judged(prep, model, tokenizer, batch_size):
+    """prepare.evaluate_bpb, called after a budget kept (KEEP_BUDGET)."""
+    prep.training_budget(prep.torch.device("cpu")).over()
+    return prep.evaluate_bpb(model, tokenizer, batch_size)
+
+
 def stdlib_documents():
     """Real English text that every Python install carries: the standard library's docstrings,
     one document per module, in a fixed order (read with ast: nothing is imported)."""

@@ -31,8 +31,8 @@ sys.path.insert(0, ROOT)
 from harness.clock import computed_seconds  # noqa: E402  the clock the harness runs on now
 BUDGET = 60
 
-PROBE_BEFORE = re.compile(r"\n    synchronize\(device\)\n    t0.*\n")
-PROBE_AFTER = "    if step >= UNTIMED_STEPS:  # the first steps compile"
+PROBE_BEFORE = re.compile(r"\nwhile True:\n")
+PROBE_AFTER = "    dt = budget.step_seconds\n"
 PROBE_CODE = '''
 def _probe_snapshot():
     delays = {}

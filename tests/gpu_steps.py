@@ -61,7 +61,7 @@ model, optimizer, loader, device = train["model"], train["optimizer"], train["tr
 x, y, _ = train["x"], train["y"], train["epoch"]
 times = []
 for step in range(args.warmup + args.steps):
-    train["synchronize"](device)
+    hardware.synchronize(device)
     t0 = time.perf_counter()
     for _ in range(train["grad_accum_steps"]):
         with train["autocast_ctx"]:
@@ -71,7 +71,7 @@ for step in range(args.warmup + args.steps):
     optimizer.step()
     model.zero_grad(set_to_none=True)
     loss = loss.item()
-    train["synchronize"](device)
+    hardware.synchronize(device)
     times.append(time.perf_counter() - t0)
     print(f"step {step}: {times[-1] * 1000:.0f} ms, loss {loss:.3f}", flush=True)
 

@@ -148,9 +148,9 @@ SUMMARY_KEYS = "val_bpb|training_seconds|training_wall_seconds|num_steps|peak_vr
 
 def reworded(source):
     """train.py with its status line and summary as another agent might have written them."""
-    status = "trained: {total_training_time:.0f}s in {total_wall_time:.0f}s wall"
+    status = "remaining: {remaining:.0f}s"
     assert status in source
-    source = source.replace(status, "budget {total_training_time:.0f} wall {total_wall_time:.0f}")
+    source = source.replace(status, "left {remaining:.0f}")
     source, n = re.subn(rf'print\(f"({SUMMARY_KEYS}):', r'print(f"\1 =', source)
     assert n == 8, n
     return source
@@ -161,7 +161,7 @@ def test_rewording_train_py_s_status_and_summary_changes_no_decision(tmp_path, s
     started(agent, "words")
     source = (agent.repo / "train.py").read_text()
     out, log = run_train(agent, reworded(source))  # a train.py whose every line the rule once read is reworded
-    assert out.returncode == 0 and "trained:" not in log and "\nval_bpb:" not in log
+    assert out.returncode == 0 and "remaining:" not in log and "\nval_bpb:" not in log
     run = analysis.read_run(str(agent.repo / "run.log"))
     for key in ("val_bpb", "training_seconds", "training_wall_seconds", "train_tokens", "setup", "device",
                 "peak_vram_mb"):
@@ -176,7 +176,7 @@ def test_rewording_train_py_s_status_and_summary_changes_no_decision(tmp_path, s
     assert decision(decided) == "keep" and f"val_bpb {run['val_bpb']:.6f}" in decided.stdout
     # the same run.log with the words the rule once read put back: every decision is the same
     plain = analysis.read_run(str(agent.repo / "run.log"))
-    original = re.sub(r"budget (\d+) wall (\d+)", r"trained: \1s in \2s wall", log)
+    original = re.sub(r"left (\d+)", r"remaining: \1s", log)
     (agent.repo / "run.log").write_text(re.sub(rf"^({SUMMARY_KEYS}) =", r"\1:", original, flags=re.M))
     states = [{}, {"baseline_runs": {"a": [run["train_tokens"] * 3, 40.0]}},
               {"pending": {"commit": run["commit"], "val_bpb": 2.0, "sha": "other"}}]

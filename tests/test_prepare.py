@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import ROOT, ShardServer, load_harness, load_prepare, run_prepare, stdlib_documents, write_corpus
+from conftest import KEEP_BUDGET, judged, ROOT, ShardServer, load_harness, load_prepare, run_prepare, stdlib_documents, write_corpus
 
 sys.path.insert(0, ROOT)
 from harness.data import DOC_CHARS  # noqa: E402
@@ -244,7 +244,7 @@ def test_a_cache_packed_before_test_splits_says_so_and_keeps_everything(smoke_ca
 def test_the_judge_scores_the_test_rows_only_in_confirmation_mode(smoke_cache):
     code = ("import sys; sys.path.insert(0, 'tests'); import prepare, test_prepare as t; "
             "tok = prepare.Tokenizer.from_directory(); "
-            "print('val_bpb', prepare.evaluate_bpb(t.Bigram(tok.get_vocab_size()), tok, 16))")
+            f"{KEEP_BUDGET}print('val_bpb', prepare.evaluate_bpb(t.Bigram(tok.get_vocab_size()), tok, 16))")
     runs = {}
     for confirm in ("0", "1"):
         env = dict(os.environ, AUTORESEARCH_CACHE=smoke_cache, AUTORESEARCH_CONFIRM=confirm)
@@ -550,7 +550,7 @@ def test_evaluate_bpb_matches_an_independent_computation_for_any_batch_size(smok
             total_bytes += len(tok.enc.decode_single_token_bytes(int(b)))
     expected = nats / math.log(2) / total_bytes
     for batch_size in (1, 7, 32, 128, 200):
-        assert prep.evaluate_bpb(model, tok, batch_size) == pytest.approx(expected, rel=1e-6)
+        assert judged(prep, model, tok, batch_size) == pytest.approx(expected, rel=1e-6)
 
 
 def test_a_uniform_model_scores_log2_vocab_per_token(smoke_cache, monkeypatch):
@@ -562,7 +562,7 @@ def test_a_uniform_model_scores_log2_vocab_per_token(smoke_cache, monkeypatch):
     rows = np.load(os.path.join(smoke_cache, "val_rows.npy"))[:, 1:].astype(np.int64)
     counted = tok.token_bytes[rows]
     expected = (counted > 0).sum() * math.log2(tok.get_vocab_size()) / counted.sum()
-    assert prep.evaluate_bpb(model, tok, 16) == pytest.approx(expected, rel=1e-6)  # fp32 losses
+    assert judged(prep, model, tok, 16) == pytest.approx(expected, rel=1e-6)  # fp32 losses
 
 
 class Diverged(Bigram):
@@ -576,7 +576,7 @@ def judge_model(cache, model):
     """evaluate_bpb on one of the models above, in a fresh Python, as train.py would call it."""
     code = ("import sys; sys.path.insert(0, 'tests'); import prepare, test_prepare as t; "
             "tok = prepare.Tokenizer.from_directory(); "
-            f"print(prepare.evaluate_bpb(t.{model}(tok.get_vocab_size()), tok, 16))")
+            f"{KEEP_BUDGET}print(prepare.evaluate_bpb(t.{model}(tok.get_vocab_size()), tok, 16))")
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ, AUTORESEARCH_CACHE=cache),
                           capture_output=True, text=True)
 
@@ -601,7 +601,7 @@ def test_the_judge_scores_only_the_real_vocabulary_of_a_padded_model(smoke_cache
     model, padded = Bigram(tok.get_vocab_size()), Bigram(tok.get_vocab_size() + 64)
     with torch.no_grad():
         padded.logits[:tok.get_vocab_size(), :tok.get_vocab_size()] = model.logits
-    assert prep.evaluate_bpb(padded, tok, 32) == pytest.approx(prep.evaluate_bpb(model, tok, 32), rel=1e-6)
+    assert judged(prep, padded, tok, 32) == pytest.approx(judged(prep, model, tok, 32), rel=1e-6)
 
 
 def test_train_py_commits_made_before_2026_11_30_still_find_their_hardware_helpers_in_prepare(smoke_cache):

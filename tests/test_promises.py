@@ -21,13 +21,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, TRAIN, ShardServer, load_harness, load_prepare, stdlib_documents, train_definitions
+from conftest import judged, ROOT, TRAIN, ShardServer, load_harness, load_prepare, stdlib_documents, train_definitions
 
 sys.path.insert(0, ROOT)
 
-# train.py leaves its first WARMUP_STEPS steps (0 .. WARMUP_STEPS - 1) out of training_seconds: they
-# compile and warm up. On the CPU that is UNTIMED_STEPS = 1. If train.py changes how many warm-up
-# steps a run on the CPU leaves untimed, change this number, and only this.
+# The judge leaves a run's first WARMUP_STEPS steps (0 .. WARMUP_STEPS - 1) out of training_seconds:
+# they compile and warm up. On the CPU that is harness/clock.py's UNTIMED_STEPS default, 1.
 WARMUP_STEPS = 1
 
 def shard_texts(paths):
@@ -543,7 +542,7 @@ def test_bpb_counts_exact_bytes_and_skips_special_tokens(numbered, monkeypatch):
     # a uniform guess loses ln(V) nats on every scored token
     expected = len(scored) * math.log2(tok.get_vocab_size()) / n_bytes
     model = PositionwiseModel(tok.get_vocab_size(), uniform=True)
-    assert prep.evaluate_bpb(model, tok, 16) == pytest.approx(expected, rel=1e-5)
+    assert judged(prep, model, tok, 16) == pytest.approx(expected, rel=1e-5)
 
 
 def test_predictions_of_special_tokens_change_nothing(numbered, monkeypatch):
@@ -558,9 +557,9 @@ def test_predictions_of_special_tokens_change_nothing(numbered, monkeypatch):
     assert len(before_special) > 20
     vocab = tok.get_vocab_size()
     bump = 10 * torch.randn(vocab, generator=torch.Generator().manual_seed(1))
-    base = prep.evaluate_bpb(PositionwiseModel(vocab), tok, 16)
-    moved = prep.evaluate_bpb(PositionwiseModel(vocab, prefixes=before_special, bump=bump), tok, 16)
+    base = judged(prep, PositionwiseModel(vocab), tok, 16)
+    moved = judged(prep, PositionwiseModel(vocab, prefixes=before_special, bump=bump), tok, 16)
     assert moved == pytest.approx(base, rel=1e-9)
     # the same change where the next token is an ordinary one does move the result
     control = sorted(before_other)[::max(1, len(before_other) // len(before_special))]
-    assert abs(prep.evaluate_bpb(PositionwiseModel(vocab, prefixes=control, bump=bump), tok, 16) - base) > 1e-3 * base
+    assert abs(judged(prep, PositionwiseModel(vocab, prefixes=control, bump=bump), tok, 16) - base) > 1e-3 * base

@@ -299,7 +299,7 @@ def test_following_program_md_keeps_only_improvements(agent):
                             start_new_session=True)
     deadline = time.time() + 120  # until train.py speaks: the runner has its signal handlers by then
     while time.time() < deadline and (not (repo / "run.log").exists()
-                                      or len((repo / "run.log").read_text().splitlines()) < 2):
+                                      or "Device:" not in (repo / "run.log").read_text()):
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=60)  # bash may die before the runner has written its line: give it a moment
