@@ -102,6 +102,8 @@ LOG_BASELINE_CRASH = "Log it as crash, description `baseline` (a crash never bec
 NEXT = {
     "no run": "there is no run.log: Run first.",
     "refused": "Run did not start train.py (why: says what to do); do that, then Run.",
+    "unrecorded": ("this run.log was not written by Run (a plain `uv run train.py` is for trying, never a result): "
+                   "don't log it. Run, then Decide."),
     "no data": ("the cache has no prepared data, which only the human can provide: stop and tell the human "
                 "(don't run prepare.py yourself: it picks a setup and downloads)."),
     "lost": "don't log it. Run again (same commit), then Decide.",
@@ -154,6 +156,8 @@ def decide(rows, run, head, state, shorter_by=0):
          "why": "", "state": state, "head": head, "commit": head}
     if run is None or run["sha"] in state.get("logged", []):
         return {**d, "step": "no run" if run is None else "logged"}
+    if run.get("unrecorded"):
+        return {**d, "step": "unrecorded", "why": "run.log names no run record: the harness did not run it"}
     if run["refused"]:
         return {**d, "step": "refused", "why": run["refused"]}
     if not prepared(run):
@@ -272,8 +276,8 @@ def judge_baseline(done, run, state):
 
 
 def pace_of(run):
-    """How much a run trained in its budget: the tokens the judge's dataloader served it (a run.log
-    from before run records: the steps train.py printed)."""
+    """How much a run trained in its budget: the tokens the judge's dataloader served it (a record
+    without them: the steps train.py printed)."""
     return run.get("train_tokens") or run["num_steps"]
 
 
@@ -421,8 +425,9 @@ def cmd_log(log, typed, description):
     except ValueError as e:
         fail(f"nothing logged: {e}")
     d = decide(rows, run, head, state, shorter)
-    if d["step"] in ("no run", "logged", "refused", "no data"):
+    if d["step"] in ("no run", "unrecorded", "logged", "refused", "no data"):
         fail({"no run": "there is no run.log to log: Run first",
+                      "unrecorded": "this run.log was not written by Run, so it is no result: Run, then Decide",
                       "logged": "this run.log is already logged in results.tsv: go on with the loop",
                       "refused": f"Run did not start train.py: {d['why']}",
                       "no data": f"{d['why']}: stop and tell the human"}[d["step"]])

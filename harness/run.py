@@ -7,8 +7,8 @@ The runner checks that train.py is committed and the judge intact, gives the run
 TIMEOUT seconds or when the runner itself is interrupted (SIGINT, SIGTERM, SIGHUP), and ends
 run.log with its own lines, `run ended: exit <code>` last. read_run() then gives Decide and Log
 the run as the harness saw it: the judge's val_bpb, the budget clock's seconds, how it ended.
-train.py's own prints (its summary, its status line) only serve humans, the traceback and old
-run.logs from before there were records.
+train.py's own prints (its summary, its status line) only serve humans and the traceback: a
+run.log that names no record (`uv run train.py > run.log`) is never a result.
 """
 
 import hashlib
@@ -235,8 +235,9 @@ def empty_run(**values):
 
 
 def read_run(path="run.log"):
-    """What Decide and Log know of the run in run.log, or None when there is none. From the run's
-    record where it has one (run.log names it); from train.py's prints for a run.log of before."""
+    """What Decide and Log know of the run in run.log, or None when there is none: what its record
+    says (run.log names it). A run.log that names no record was not written by Run (`uv run
+    train.py > run.log`): it is `unrecorded`, never a result, whatever train.py printed."""
     try:
         data = open(path, "rb").read()
     except OSError:
@@ -252,7 +253,7 @@ def read_run(path="run.log"):
     run_id = re.search(r"^run: (\S+)\s*$", text, re.M)
     if run_id:
         return from_record(run, read_record(run_id.group(1), path), run_id.group(1))
-    return from_prints(run, text, lines)
+    return {**empty_run(sha=run["sha"]), "unrecorded": True}
 
 
 def from_record(run, rec, run_id):
@@ -281,23 +282,5 @@ def from_record(run, rec, run_id):
     if judge.get("broke"):  # the judge's own verdict on the budget, whatever train.py printed
         run["fail"] = f"FAIL: {judge['broke']}"
     if run["exit"] not in (None, 0) and not (run["timeout"] or run["killed"] or run["fail"]):
-        run["fail"] = f"train.py exited with code {run['exit']}"
-    return run
-
-
-def from_prints(run, text, lines):
-    """A run.log from before run records: what train.py and the old Run line printed."""
-    commit = re.search(r"^commit: ([0-9a-f]{7,40})\s*$", text, re.M)
-    role = re.search(r"^role: (incumbent|candidate)\b", text, re.M)
-    run.update(record=None, lost=False, refused=None, mismatch=None, exit=None, scored_tokens=None,
-               train_tokens=None, printed_val_bpb=run["val_bpb"], commit=commit and commit.group(1),
-               role=role.group(1) if role else "candidate", finished=None)
-    setup = re.findall(r"^setup:\s*(\w+)", text, re.M | re.I)  # the summary's line, or train.py's `Setup:`
-    device = re.findall(r"^device:\s+(\S.*?)\s*$", text, re.M)
-    run.update(setup=setup[-1] if setup else None, device=device[-1] if device else None)
-    for key in ("timeout", "killed"):
-        run[key] = next((l for l in lines if l.startswith(key.upper())), None)
-    trained = re.findall(r"trained: (\d+)s in (\d+)s wall", text)  # the old status line: budget and wall so far
-    run["trained"] = tuple(float(x) for x in trained[-1]) if trained else None
-    run["ended"] = any(l.startswith("run ended") for l in lines)
+        run["fail"] = f"train.py exited with code {run['exit']}" + (f": {run['error']}" if run["error"] else "")
     return run

@@ -51,8 +51,8 @@ def summarize(rows, setup=None):
 
 
 def night_setup(log_path):
-    """The setup the night ran under: run.log beside the log says it (its record, or an old
-    run.log's summary), else the cache's setup.json; None if neither."""
+    """The setup the night ran under: the record of the run.log beside the log says it, else the
+    cache's setup.json; None if neither."""
     run = read_run(os.path.join(os.path.dirname(os.path.abspath(log_path)), "run.log")) or {}
     return run.get("setup") or recorded_setup()
 

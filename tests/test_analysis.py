@@ -330,8 +330,12 @@ def test_summary_names_the_setup_and_smoke_proves_only_the_loop(tmp_path, monkey
     assert run(path, "--no-png") == 0
     out = capsys.readouterr().out
     assert "results.tsv (setup smoke): 8 runs" in out and "only prove that the loop runs" in out
-    (tmp_path / "run.log").write_text("commit: abcdef1\nSetup: full (sequence length 2048)\n")
-    assert run(path, "--no-png") == 0  # run.log beside the log says which setup the night ran
+    from harness import runrecord
+    record = tmp_path / ".autoresearch" / "autoresearch-runs" / "r1"  # no git here: the records' folder beside
+    record.mkdir(parents=True)
+    runrecord.note("run", {"id": "r1", "commit": "abcdef1", "setup": "full"}, str(record))
+    (tmp_path / "run.log").write_text("commit: abcdef1\nrun: r1\n")
+    assert run(path, "--no-png") == 0  # the record of run.log beside the log says which setup the night ran
     out = capsys.readouterr().out
     assert "(setup full)" in out and "only prove" not in out
 

@@ -255,3 +255,18 @@ def test_board_and_decide_agree_on_best_and_count_no_baseline_run_as_an_experime
     assert b["agents"]["solo"]["experiments"] == 1 and b["agents"]["solo"]["keeps"] == 0
     text = board.format_board(b)
     assert text.startswith("board: 1 experiment by 1 agent\n")
+
+
+def test_a_run_log_that_run_did_not_write_is_refused_and_logs_nothing(fake_agent):
+    """Upstream's `uv run train.py > run.log 2>&1` leaves a summary the harness never recorded: it
+    is no result, whatever it prints (a train.py printing val_bpb * 0.9 was once logged at it)."""
+    agent, repo = fake_agent, fake_agent.repo
+    started(agent, "plain")
+    before = (repo / "results.tsv").read_bytes()
+    (repo / "run.log").write_text("Device: CPU\nstep 00099 (100.0%) | loss: 5.0\n---\nval_bpb:          0.500000\n"
+                                  "training_seconds: 5.1\nnum_steps:        100\n")
+    out = agent("Decide")
+    assert out.returncode == 1 and decision(out) is None and "not written by Run" in out.stdout, out.stdout
+    for status in ("keep", "discard", "crash"):
+        assert agent("Log", status=status, description="plain").returncode == 1
+    assert (repo / "results.tsv").read_bytes() == before

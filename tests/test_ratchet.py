@@ -138,15 +138,31 @@ SUMMARY = ("---\nval_bpb:          {v:.6f}\ntraining_seconds: 5.1\ntotal_seconds
            "num_steps:        {steps}\nnum_params_M:     0.6\ndepth:            2\n")
 
 
-def fake_run(repo, v=None, steps=100, mfu=40.0, tail="", end=0, incumbent=None):
-    """A run.log as the Run command left it before run records: status lines, then a summary (or
-    not), then the end; with `incumbent`, a run of that commit beside the candidate, as Run makes
-    one when the keep rule asks for it."""
+def fake_run(repo, v=None, steps=100, mfu=40.0, tail="", end=0, incumbent=None, running=False, trained=(5.1, 5.2),
+             stopped=None):
+    """A run as Run records it, without training: its record (the runner's, the clock's and, when
+    `v` is given, the judge's val_bpb) and its run.log (status lines, then a summary or not, then
+    the end); with `incumbent`, a run of that commit beside the candidate, as Run makes one when the
+    keep rule asks for it; `running`: one still going (no end yet, in the record or in run.log);
+    `trained`: the clock's budget and wall seconds; `stopped`: how Run killed it."""
+    from harness import runrecord
+    run_id = f"fake-{time.time_ns()}"  # two real runs never share a record
+    folder = os.path.join(git(repo, "rev-parse", "--absolute-git-dir").strip(), "autoresearch-runs", run_id)
+    os.makedirs(folder)
+    commit = incumbent or git(repo, "rev-parse", "HEAD").strip()
+    now, clock = time.time(), {"budget_seconds": trained[0], "wall_seconds": trained[1]}
+    ending = {} if running else {"ended": now, "exit": end, "wall_seconds": 30.0, **({"stopped": stopped} if stopped else {})}
+    runrecord.note("run", {"id": run_id, "commit": commit, "role": "incumbent" if incumbent else "candidate",
+                           "setup": "smoke", "started": now - 30, **ending}, folder)
+    runrecord.note("clock", clock, folder)
+    if v is not None:
+        runrecord.note("judge", {"val_bpb": v, "tokens": 4096, "setup": "smoke", "clock": clock,
+                                 "peak_memory_mb": 1024.0}, folder)  # no device: the pace rules of a GPU apply
     status = "".join(f"\rstep {i:05d} ({i}%) | loss: 5.0 | lrm: 1.00" for i in range(steps))
     body = status + "\n" + (SUMMARY.format(v=v, steps=steps, mfu=mfu) if v is not None else "") + tail
-    unique = f"started {time.time_ns()}\n"  # two real runs never leave the same run.log
-    head = f"commit: {incumbent}\nrole: incumbent\n" if incumbent else ""
-    (repo / "run.log").write_text(head + unique + body + f"\nrun ended: exit {end}\n")
+    body += f"\n{stopped}" if stopped else ""
+    head = f"commit: {commit[:7]}\nrun: {run_id}\n" + ("role: incumbent\n" if incumbent else "")
+    (repo / "run.log").write_text(head + body + ("" if running else f"\nrun ended: exit {end}\n"))
 
 
 def settle(agent, candidate, incumbent, steps=100):
@@ -378,7 +394,7 @@ def test_decide_and_log_follow_the_rule(fake_agent):
 
     # equal baselines: the noise floor; the best is their mean
     out = decide(2.0)
-    assert decision(out) == "keep" and "is HEAD: run.log does not name its commit" in out.stdout
+    assert decision(out) == "keep" and "(ran commit " in out.stdout
     log("keep", "baseline")
     out = decide(2.0)
     assert decision(out) == "keep" and field(out, "noise") == 0.0005
@@ -426,7 +442,7 @@ def test_decide_and_log_follow_the_rule(fake_agent):
     assert decision(out) == "crash" and "ValueError: bad" in out.stdout
     assert log("keep", "f")[1:4] == ["0.000000", "0.0", "crash"]
     # a running (or silently cut) run: no decision, say what to do
-    (repo / "run.log").write_text("\rstep 00001 (1%)")
+    fake_run(repo, None, steps=2, running=True)
     out = agent("Decide")
     assert out.returncode == 1 and decision(out) is None and "Poll" in out.stdout
     # the morning summary shows the incumbent's runs beside the experiments: the machine's drift
@@ -523,11 +539,7 @@ def test_a_run_the_machine_stretched_past_the_kill_is_rerun_not_a_crash(fake_age
         assert agent(label, tag="stretch").returncode == 0
 
     def killed(trained, wall):
-        status = "".join(f"\rstep {i:05d} ({i}%) | remaining: 9s | trained: {trained - 9 + i}s in {wall - 9 + i}s wall"
-                         for i in range(10))
-        (repo / "run.log").write_text(f"commit: {git(repo, 'rev-parse', '--short=7', 'HEAD').strip()}\n"
-                                      f"started {time.time_ns()}\n{status}\nTIMEOUT: killed after 540 s\n"
-                                      "run ended: exit 137\n")
+        fake_run(repo, None, steps=10, end=137, trained=(trained, wall), stopped="TIMEOUT: killed after 540 s")
 
     killed(200, 470)  # a neighbour took more than half the cores: the kill came before the budget did
     out = agent("Decide")
