@@ -357,10 +357,16 @@ def test_an_interrupted_state_write_keeps_the_pending_rerun(tmp_path, monkeypatc
     assert sorted(p.name for p in (tmp_path / ".git").iterdir() if "state" in p.name) == [analysis.STATE]
 
 
-def test_run_log_names_its_commit(tmp_path):
-    (tmp_path / "run.log").write_text("commit: 1a2b3c4\nSetup: smoke\nval_bpb:          2.000000\n\nrun ended: exit 0\n")
+def test_a_run_is_what_its_record_says_never_what_run_log_prints(tmp_path):
+    from harness import runrecord
+    record = tmp_path / ".autoresearch" / "autoresearch-runs" / "r1"  # no git here: the records' folder beside
+    record.mkdir(parents=True)
+    runrecord.note("run", {"id": "r1", "commit": "1a2b3c4d5e", "setup": "smoke", "exit": 1}, str(record))
+    (tmp_path / "run.log").write_text("commit: 1a2b3c4\nrun: r1\nTraceback (most recent call last):\n"
+                                      "ValueError: bad\nrun ended: exit 1\n")
     run_ = analysis.read_run(str(tmp_path / "run.log"))
-    assert run_["commit"] == "1a2b3c4" and run_["val_bpb"] == 2.0
-    (tmp_path / "run.log").write_text("Traceback (most recent call last):\nValueError: bad\nrun ended: exit 1\n")
-    run_ = analysis.read_run(str(tmp_path / "run.log"))
-    assert run_["commit"] is None and run_["error"] == "ValueError: bad"
+    assert run_["commit"] == "1a2b3c4" and run_["val_bpb"] is None
+    assert run_["fail"] == "train.py exited with code 1: ValueError: bad"  # the crash's own last line
+    (tmp_path / "run.log").write_text("commit: 1a2b3c4\nval_bpb:          2.000000\n\nrun ended: exit 0\n")
+    run_ = analysis.read_run(str(tmp_path / "run.log"))  # no record named: printed, never recorded
+    assert run_["unrecorded"] and run_["val_bpb"] is None and run_["commit"] is None

@@ -14,7 +14,8 @@ import pytest
 
 from conftest import ROOT, TRAIN, load_prepare
 
-ASK = "    done = budget.over()  # the judge's clock: synchronizes the device, then reads the time\n"
+ASK = ("    done = budget.over()  # the judge's clock: synchronizes the device, then reads the time\n"
+       "    dt = budget.step_seconds\n")
 STOP = "    step += 1\n    if done:\n        break\n"
 
 
@@ -48,10 +49,11 @@ PLANTS = {
     "trains on past the budget": ((STOP, "    step += 1\n    if budget.trained >= 3 * TIME_BUDGET:\n        break\n"),),
     # asks until the budget is spent, then trains another budget without asking
     "stops asking and trains on": (
-        (ASK, "    done = budget.over() and False if not budget.spent_at else step > 2 * budget.spent_at\n"),),
+        (ASK, "    done = budget.over() and False if not budget.spent_at else step > 2 * budget.spent_at\n"
+              "    dt = budget.step_seconds\n"),),
     # a warm-up of ten steps, the clock asked only from then on
-    "a raised warm-up count": ((ASK, "    done = budget.over() if step >= 10 else False\n"),),
-    "never asks": ((ASK, "    done = step >= 30\n"),),
+    "a raised warm-up count": ((ASK, "    done = budget.over() if step >= 10 else False\n    dt = 0.1\n"),),
+    "never asks": ((ASK, "    done = step >= 30\n    dt = 0.1\n"),),
     # extra training passes inside the untimed first step
     "extra passes in the warm-up": (
         ("        loss = loss / grad_accum_steps\n",
