@@ -65,10 +65,9 @@ PLANTS.update({
     # the validation rows, loaded to train on (only the morning's --confirm would have noticed)
     "reads the validation rows": ((LOADED, LOADED + "import numpy as np; from harness.cache import VAL_ROWS_FILE; "
                                            "np.load(VAL_ROWS_FILE)\n"),),
-    "reads the test rows": ((LOADED, LOADED + "open(os.path.join(os.environ['AUTORESEARCH_CACHE'], 'test_rows.npy'), 'rb')\n"),),
     "loads the validation split": ((LOADED, LOADED + "next(make_dataloader(tokenizer, 1, 8, 'val'))\n"),),
 })
-VERDICTS = {"reads the validation rows": "read val_rows.npy", "reads the test rows": "read test_rows.npy",
+VERDICTS = {"reads the validation rows": "read val_rows.npy",
             "loads the validation split": "read the validation shard","trains on past the budget": "steps past the", "stops asking and trains on": "past the",
             "a raised warm-up count": "untimed warm-up", "never asks": "never asked the judge's clock",
             "extra passes in the warm-up": "untimed warm-up"}
@@ -76,18 +75,18 @@ VERDICTS = {"reads the validation rows": "read val_rows.npy", "reads the test ro
 
 @pytest.fixture(scope="module")
 def runs(smoke_cache, tmp_path_factory):
-    """Every plant and the unchanged train.py, run at the same time (the budget clock counts what
-    each computed, so they keep their budgets side by side): {name: (code, output, judge record)}."""
+    """Every plant and an honest train.py, run at the same time (the budget clock counts what each
+    computed, so they keep their budgets side by side): {name: (code, output, judge record)}. The
+    honest one runs as Confirm starts it, with the confirm switch on, and prints what it sees of it."""
     folder = tmp_path_factory.mktemp("budget")
-    scripts = {"unchanged": TRAIN}
+    scripts = {}
     for i, (name, edits) in enumerate(PLANTS.items()):
         (folder / str(i)).mkdir()
         scripts[name] = planted(folder / str(i), *edits)
     procs = {name: start(smoke_cache, script, folder / f"record {name}") for name, script in scripts.items()}
-    # the confirm switch, as Confirm sets it: the judge scores the test rows, train.py cannot tell
-    (folder / "switch").mkdir()
-    scripts["switch"] = planted(folder / "switch", (LOADED, LOADED + "print('switch:', os.environ.get('AUTORESEARCH_CONFIRM'))\n"))
-    procs["switch"] = start(smoke_cache, scripts["switch"], folder / "record switch", AUTORESEARCH_CONFIRM="1")
+    (folder / "honest").mkdir()
+    honest = planted(folder / "honest", (LOADED, LOADED + "print('switch:', os.environ.get('AUTORESEARCH_CONFIRM'))\n"))
+    procs["honest"] = start(smoke_cache, honest, folder / "record honest", AUTORESEARCH_CONFIRM="1")
     return {name: finish(proc, folder / f"record {name}") for name, proc in procs.items()}
 
 
@@ -102,14 +101,14 @@ def test_every_way_past_the_budget_or_into_the_judge_s_rows_is_a_crash_with_one_
 
 def test_a_run_that_keeps_the_budget_is_scored_with_the_judge_s_seconds(runs, smoke_cache, monkeypatch):
     budget = load_prepare(monkeypatch, smoke_cache).TIME_BUDGET
-    code, out, judge = runs["unchanged"]
+    code, out, judge = runs["honest"]
     assert code == 0, out[-2000:]
     assert budget <= judge["budget"]["trained_seconds"] < budget + 2 and judge["budget"]["untimed_steps"] == 1
     assert "broke" not in judge and judge["val_bpb"] > 0
 
 
 def test_the_confirm_switch_is_the_judge_s_alone(runs):
-    code, out, judge = runs["switch"]
+    code, out, judge = runs["honest"]
     assert code == 0, out[-2000:]
     assert "switch: None" in out and "test_bpb" in judge  # train.py saw nothing; the judge scored the test rows
 
