@@ -94,9 +94,9 @@ SPAN = {}  # the clock's span so far in this process: budget_seconds, wall_secon
 
 def recorded(clock):
     """The clock, keeping in SPAN (and every RECORD_EVERY seconds in the run record) the budget
-    and wall seconds from its first reading to its last: from the start of training's first step
-    to the end of its last, the untimed compile steps included. Their ratio is what a busy machine
-    did to the run, read from the harness, not from train.py's status line."""
+    and wall seconds from its first reading to its last: from the end of training's first step (the
+    Budget reads it first there) to the end of its last, any later untimed warm-up steps included.
+    Their ratio is what a busy machine did to the run, read from the harness, not from train.py."""
     first, noted = [], [0.0]
 
     def reading():
@@ -130,7 +130,9 @@ class Budget:
     def __init__(self, device, seconds, sync):
         self.device, self.seconds, self.sync = device, seconds, sync
         self.clock, self.note = budget_clock(device)
-        self.created, self.step_seconds = self.clock(), 0.0  # the last step's seconds on the budget clock
+        # the last step's seconds on the budget clock (the first step's: wall seconds since now; the
+        # clock is first read at the end of step 0, so its span is training's, not set-up's)
+        self.created, self.step_seconds = time.time(), 0.0
         self.untimed = UNTIMED_STEPS.get(device.type, 1)
         self.steps, self.start, self.last, self.trained, self.longest = 0, None, None, 0.0, 0.0
         self.wall_start, self.wall = None, 0.0  # the wall seconds of the same span, for the summary
@@ -149,7 +151,7 @@ class Budget:
             self.longest = max(self.longest, now - self.last)
             self.trained, self.wall = now - self.start, time.time() - self.wall_start
             self.step_passes.append(self.passes - self.last_passes)
-        self.step_seconds = now - (self.last if self.last is not None else self.created)
+        self.step_seconds = now - self.last if self.last is not None else time.time() - self.created
         self.last, self.last_passes = now, self.passes
         if self.spent_at and self.steps > self.spent_at + 1:
             crash_run(f"trained {self.steps - self.spent_at} steps past the {self.seconds:g} s budget by the judge's "

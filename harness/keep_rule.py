@@ -201,12 +201,16 @@ def confirm(d, mine, beside, change, df):
     if gain > needed and len(ours) == len(beside):
         kind = "simpler" if gain - d["credit"] <= needed else "gain"
         return {**d, "decision": "keep", "kind": kind, "reason": f"{said}: keep"}
-    if gain <= FUTILITY * se or len(mine) >= MAX_CANDIDATE_RUNS:
-        why = "no gain worth another run" if gain <= FUTILITY * se else f"still within the noise after {len(mine)} runs"
-        return {**d, "decision": "discard", "reason": f"{said}: {why}, discard"}
     last = max(ours + beside, key=lambda r: r["time"])["role"]
     who = ("candidate" if len(ours) < len(beside) else "incumbent" if len(beside) < len(ours)
            else "candidate" if last == "candidate" else "incumbent")
+    # Out of candidate runs, a gain past the bar still gets the incumbent's run that balances the
+    # look: running out of runs never discards a gain the runs so far make a keep
+    if gain <= FUTILITY * se or len(mine) >= MAX_CANDIDATE_RUNS and (who == "candidate" or gain <= needed):
+        why = "no gain worth another run" if gain <= FUTILITY * se else f"still within the noise after {len(mine)} runs"
+        return {**d, "decision": "discard", "reason": f"{said}: {why}, discard"}
+    if gain > needed:
+        return run_next(d, who, f"{said}: past the bar, but the incumbent has fewer runs beside it")
     return run_next(d, who, f"{said}: within the noise")
 
 

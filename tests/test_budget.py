@@ -105,6 +105,7 @@ def test_a_run_that_keeps_the_budget_is_scored_with_the_judge_s_seconds(runs, sm
     assert code == 0, out[-2000:]
     assert budget <= judge["budget"]["trained_seconds"] < budget + 2 and judge["budget"]["untimed_steps"] == 1
     assert "broke" not in judge and judge["val_bpb"] > 0
+    assert judge["clock"]["budget_seconds"] <= judge["budget"]["trained_seconds"] + 0.5  # training's span, not set-up's
 
 
 def test_the_confirm_switch_is_the_judge_s_alone(runs):

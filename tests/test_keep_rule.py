@@ -313,3 +313,16 @@ def test_a_short_budgets_jittery_pace_costs_no_false_keeps_and_no_extra_runs():
     r = simulate_rule.simulate("jittery pace", "new", NIGHTS, seed="ci", mix=simulate_rule.MIXES["18%"])
     assert r["kept"]["no-op"] <= 0.03 and r["runs_per_experiment"] <= 1.55, r
     assert r["kept"]["4x"] >= 0.9, r
+
+
+def test_running_out_of_candidate_runs_never_discards_a_gain_past_the_bar():
+    """A smoke night's restored learning rates (gain 0.38 where 0.15 was needed) came past the bar
+    on the candidate's third run, the incumbent one run behind: an unbalanced look keeps nothing,
+    and the run limit discarded it. Now the incumbent runs once more, and the balanced look keeps."""
+    night = quiet_night() + [r("c1", "candidate", 1.390, 30), r("c1", "candidate", 1.360, 36),
+                             r("base", "incumbent", 1.402, 42)]
+    d = keep_rule.decide(night, r("c1", "candidate", 1.360, 48), "base")  # the third: 2 against 1, past the bar
+    assert (d["decision"], d["who"]) == ("run", "incumbent") and d["gain"] > d["needed"], d["reason"]
+    night.append(r("c1", "candidate", 1.360, 48))
+    d = keep_rule.decide(night, r("base", "incumbent", 1.401, 54), "base")
+    assert d["decision"] == "keep", d["reason"]
