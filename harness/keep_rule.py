@@ -37,7 +37,8 @@ evidence that passes:
   screen never saw them, so its selection cannot flatter them. After each run the gain (the
   incumbent's mean minus the candidate's) is tested: keep above t * SE (Student's t at ALPHA,
   one-sided), only when both sides have as many runs (1 and 1, then 2 and 2); discard at or
-  below FUTILITY standard errors, or when the candidate has run MAX_CANDIDATE_RUNS times;
+  below FUTILITY standard errors, or when the candidate has run MAX_CANDIDATE_RUNS times (unless
+  its gain is past the bar with the incumbent a run behind: that run comes first);
   otherwise one more run. The screen and the confirmation judge disjoint runs, so a no-op is
   kept with the product of their chances (about 1 in 6 passes the screen, under 1 in 5 of those
   the confirmation's two looks): ALPHA can be loose where a single test would need to be tight.
