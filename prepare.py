@@ -35,7 +35,7 @@ from harness import guard, runrecord
 from harness.cache import (CACHE_DIR, DATA_DIR, TEST_ROWS_FILE, TEST_SHARD, TOKENIZER_DIR, VAL_ROWS_FILE,
                            atomic_path, cache_lock, claim_cache, default_setup_name, read_recorded_setup,
                            write_json_atomically)
-from harness.clock import SPAN, Budget, crash_run
+from harness.clock import NEVER_ASKED, SPAN, Budget, crash_run
 from harness.errors import fail
 # Not the judge's: where the shards come from, the FA3 kernel fetched once, and the device's name
 # and memory peak for the record
@@ -303,8 +303,7 @@ def check_budget():
     budget = BUDGETS[-1] if BUDGETS else None
     if budget is None and kept_its_own_budget():
         return {"kept_by": "train.py"}
-    broke = budget.verdict() if budget else ("train.py never asked the judge's clock: make its budget with "
-                                             "prepare.training_budget and end the loop on budget.over()")
+    broke = budget.verdict() if budget else NEVER_ASKED
     if broke:
         crash_run(broke)
     return {"trained_seconds": round(budget.trained, 3), "steps": budget.steps, "untimed_steps": budget.untimed}

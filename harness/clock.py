@@ -115,6 +115,8 @@ def recorded(clock):
 # The judge's budget. train.py asks it once a step whether training is over, and the schedules
 # read its progress; evaluate_bpb then checks, on the same clock, that training kept to it.
 UNTIMED_STEPS = {"cuda": 11}  # steps that compile and warm up, by device type; any other device: 1
+NEVER_ASKED = ("train.py never asked the judge's clock: make it with prepare.training_budget and end the "
+               "loop on budget.over(), once a step")
 
 
 class Budget:
@@ -170,7 +172,7 @@ class Budget:
         asked, trained past the budget by more than a step, or trained more in the untimed steps
         than they allow (as many backward passes a step as the timed steps made)."""
         if not self.steps:
-            return "train.py never asked the judge's clock: end the training loop on budget.over(), once a step"
+            return NEVER_ASKED
         if self.start is None:
             return None  # ended within its warm-up: nothing trained on the budget's time
         self.sync(self.device)
