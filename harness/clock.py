@@ -3,6 +3,7 @@ long every run trains). train.py takes the clock from here and calls it around e
 clock also keeps its span in the run record, so the rule reads the budget from the harness."""
 
 import os
+import sys
 import time
 
 from harness import runrecord
@@ -110,8 +111,6 @@ def recorded(clock):
     return reading
 
 
-
-
 # The judge's budget. train.py asks it once a step whether training is over, and the schedules
 # read its progress; evaluate_bpb then checks, on the same clock, that training kept to it.
 UNTIMED_STEPS = {"cuda": 11}  # steps that compile and warm up, by device type; any other device: 1
@@ -191,10 +190,14 @@ class Budget:
         return None
 
 
-def crash_run(line):
-    """End the run as a crash with its one line, in run.log and in the judge's record."""
+def crash_run(line, catchable=True):
+    """End the run as a crash with its one line, in run.log and in the judge's record; from inside
+    an audit hook (catchable=False) at once, with nothing train.py could catch."""
     runrecord.note("judge", {"broke": line})
     print(f"\nFAIL: {line}", flush=True)
+    if not catchable:
+        sys.stderr.flush()
+        os._exit(1)
     raise SystemExit(1)
 
 

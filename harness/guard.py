@@ -25,12 +25,8 @@ GUARDED = {os.path.realpath(p): os.path.basename(p) for p in (VAL_ROWS_FILE, TES
 
 def refuse(name):
     """A crash with one line, in run.log and in the judge's record; nothing train.py can catch."""
-    from harness import runrecord
-    line = f"train.py read {name}, the judge's evaluation rows, before evaluate_bpb: never read them"
-    runrecord.note("judge", {"broke": line})
-    print(f"\nFAIL: {line}", flush=True)
-    sys.stderr.flush()
-    os._exit(1)
+    from harness.clock import crash_run
+    crash_run(f"train.py read {name}, the judge's evaluation rows, before evaluate_bpb: never read them", catchable=False)
 
 
 def audit(event, args):
